@@ -1,0 +1,385 @@
+"""One decoder time step with attention, in the Bahdanau or the Luong order."""
+
+import keras
+from keras import ops
+
+from keras_s2s_attn.layers.attention import BahdanauLuongAttention
+
+STYLES = ("bahdanau", "luong")
+CELL_TYPES = ("gru", "lstm")
+
+
+def _flat_sizes(state_size):
+    """A cell's `state_size` (int or list of ints) as a list of ints."""
+    if isinstance(state_size, (list, tuple)):
+        return [int(size) for size in state_size]
+    return [int(state_size)]
+
+
+@keras.saving.register_keras_serializable(package="keras_s2s_attn")
+class AttentionDecoderCell(keras.layers.Layer):
+    """One decoder step: a (stacked) RNN cell with attention over encoder memory.
+
+    `style="bahdanau"` (Bahdanau et al. 2015): attend with the previous top
+    state s_{t−1} to get c_t, run the RNN on [y_{t−1}; c_t] to get s_t, and
+    output [s_t; c_t] (or tanh(W_o [s_t; c_t]) when `attention_layer_size` is
+    set).
+
+    `style="luong"` (Luong et al. 2015): run the RNN on y_{t−1} (with
+    `input_feeding=True`, on [y_{t−1}; h̃_{t−1}]) to get h_t, attend with h_t
+    to get c_t, and output the attentional vector h̃_t = tanh(W_c [c_t; h_t]).
+
+    With `attention=None` the cell is a plain stacked RNN decoder: the source
+    reaches it only through the initial state (the encoder-decoder baseline).
+
+    Unlike a Keras RNN cell, the call takes the encoder memory explicitly
+    (Keras 3's `keras.layers.RNN` has no `constants` argument) and returns the
+    attention weights with the output, so a decoder can keep the alignment
+    history. `AttentionDecoder` runs it over a sequence; the inference
+    decoders step it one token at a time: one implementation of the math.
+
+    Extension points: `rnn_step`, `attend` and `combine` are the three stages
+    of a step; a subclass may override any of them.
+
+    The state is a flat list: the states of each RNN layer from bottom to top
+    (one tensor per GRU layer, [h, c] per LSTM layer), then, for Luong style
+    with input feeding, the previous attentional vector h̃_{t−1}.
+
+    Args:
+        units: Width of each RNN layer.
+        attention: A `BahdanauLuongAttention` (or subclass) instance, or None.
+        cell_type: `"gru"`, `"lstm"`, or a Keras RNN cell instance (then
+            `num_layers` must be 1) or a list of cell instances.
+        style: `"bahdanau"` or `"luong"`.
+        input_feeding: Luong style only: feed h̃_{t−1} into the next step.
+        attention_layer_size: Width of the attentional vector (Luong; default
+            `units`) or of the output projection (Bahdanau; default none, the
+            output is the concatenation [s_t; c_t]).
+        num_layers: Number of stacked RNN layers; attention uses the top one.
+        dropout: Dropout rate between stacked layers and on the output.
+        **kwargs: Base layer keyword arguments.
+
+    Call arguments:
+        inputs: `(batch, input_dim)`, the embedded previous target token.
+        states: The flat state list described above.
+        memory: `(batch, S, memory_dim)` encoder states.
+        memory_mask: Boolean `(batch, S)`, True at real source positions.
+        prepared_memory: `attention.prepare_memory(memory)`, computed once
+            per source; computed here when None.
+        step: The decoder position t (local-m attention needs it).
+        training: Python boolean.
+
+    Returns:
+        `((output, attention_weights), new_states)`: output `(batch,
+        output_size)`, weights `(batch, S)` (None without attention), and the
+        new flat state list.
+
+    Example:
+
+    >>> cell = AttentionDecoderCell(16, BahdanauLuongAttention(score="additive"))
+    >>> memory = np.random.rand(2, 5, 8).astype("float32")
+    >>> cell.build((2, 4), (2, 5, 8))
+    >>> states = cell.get_initial_state(2)
+    >>> (output, weights), states = cell(np.zeros((2, 4), "float32"), states, memory)
+    >>> tuple(output.shape), tuple(weights.shape)
+    ((2, 24), (2, 5))
+    """
+
+    def __init__(
+        self,
+        units,
+        attention,
+        cell_type="gru",
+        style="bahdanau",
+        input_feeding=True,
+        attention_layer_size=None,
+        num_layers=1,
+        dropout=0.0,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if isinstance(units, bool) or not isinstance(units, int) or units <= 0:
+            raise ValueError(f"`units` must be a positive integer. Received: units={units!r}")
+        if style not in STYLES:
+            raise ValueError(
+                f"`style` must be one of {', '.join(map(repr, STYLES))}. Received: style={style!r}"
+            )
+        if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers <= 0:
+            raise ValueError(
+                f"`num_layers` must be a positive integer. Received: num_layers={num_layers!r}"
+            )
+        if attention_layer_size is not None and (
+            not isinstance(attention_layer_size, int) or attention_layer_size <= 0
+        ):
+            raise ValueError(
+                "`attention_layer_size` must be a positive integer or None. "
+                f"Received: attention_layer_size={attention_layer_size!r}"
+            )
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"`dropout` must be in [0, 1). Received: dropout={dropout!r}")
+        if isinstance(attention, dict):
+            attention = keras.saving.deserialize_keras_object(attention)
+        if attention is not None and not isinstance(attention, BahdanauLuongAttention):
+            raise ValueError(
+                "`attention` must be a BahdanauLuongAttention instance (or subclass) or "
+                f"None. Received: attention={attention!r}"
+            )
+        self.units = units
+        self.attention = attention
+        self.style = style
+        self.input_feeding = bool(input_feeding) and style == "luong" and attention is not None
+        self.attention_layer_size = attention_layer_size
+        self.num_layers = num_layers
+        self.dropout = float(dropout)
+        self.cell_type = cell_type
+        self.cells = self._make_cells(cell_type, units, num_layers)
+        self.num_layers = len(self.cells)
+        self.dropout_layer = keras.layers.Dropout(self.dropout, name="dropout")
+        self.output_dense = None
+        if attention is not None and (style == "luong" or attention_layer_size is not None):
+            self.output_dense = keras.layers.Dense(
+                attention_layer_size or units, activation="tanh", use_bias=False,
+                name="attention_layer",
+            )
+
+    @staticmethod
+    def _make_cells(cell_type, units, num_layers):
+        if isinstance(cell_type, str):
+            if cell_type not in CELL_TYPES:
+                raise ValueError(
+                    f"`cell_type` must be one of {', '.join(map(repr, CELL_TYPES))} or a "
+                    f"Keras RNN cell instance. Received: cell_type={cell_type!r}"
+                )
+            make = keras.layers.GRUCell if cell_type == "gru" else keras.layers.LSTMCell
+            # The cells' own dropout caches a mask per sequence, which cannot live
+            # inside the step loop; this layer applies dropout itself.
+            return [make(units, name=f"{cell_type}_cell_{i}") for i in range(num_layers)]
+        cells = cell_type if isinstance(cell_type, (list, tuple)) else [cell_type]
+        cells = [
+            keras.saving.deserialize_keras_object(c) if isinstance(c, dict) else c
+            for c in cells
+        ]
+        for cell in cells:
+            if not isinstance(cell, keras.layers.Layer) or not hasattr(cell, "state_size"):
+                raise ValueError(
+                    "`cell_type` must be 'gru', 'lstm', a Keras RNN cell (a layer with "
+                    f"`state_size`) or a list of them. Received: cell_type={cell_type!r}"
+                )
+        if not isinstance(cell_type, (list, tuple)) and num_layers != 1:
+            raise ValueError(
+                "With a cell instance as `cell_type`, `num_layers` must be 1 (pass a list "
+                f"of cells to stack them). Received: num_layers={num_layers}"
+            )
+        return list(cells)
+
+    # ------------------------------------------------------------------ sizes
+    @property
+    def rnn_state_sizes(self):
+        """Sizes of the RNN part of the state, one int per state tensor."""
+        sizes = []
+        for cell in self.cells:
+            sizes.extend(_flat_sizes(cell.state_size))
+        return sizes
+
+    @property
+    def state_size(self):
+        sizes = self.rnn_state_sizes
+        if self.input_feeding:
+            sizes.append(self.attention_layer_size or self.units)
+        return sizes
+
+    @property
+    def top_output_size(self):
+        top = self.cells[-1]
+        return getattr(top, "output_size", None) or _flat_sizes(top.state_size)[0]
+
+    @property
+    def output_size(self):
+        if self.attention is None:
+            return self.top_output_size
+        if self.output_dense is not None:
+            return self.attention_layer_size or self.units
+        return self.top_output_size + self.memory_dim
+
+    # ------------------------------------------------------------------ build
+    def build(self, inputs_shape, memory_shape=None):
+        input_dim = inputs_shape[-1]
+        top_size = self.top_output_size
+        self.memory_dim = None
+        if self.attention is not None:
+            if memory_shape is None:
+                raise ValueError("An AttentionDecoderCell with attention needs `memory`.")
+            self.memory_dim = memory_shape[-1]
+            if not self.attention.built:
+                self.attention.build((None, top_size), memory_shape)
+        first_input = input_dim
+        if self.attention is not None and self.style == "bahdanau":
+            first_input += self.memory_dim
+        if self.input_feeding:
+            first_input += self.attention_layer_size or self.units
+        size = first_input
+        for cell in self.cells:
+            if not cell.built:
+                cell.build((None, size))
+            size = getattr(cell, "output_size", None) or _flat_sizes(cell.state_size)[0]
+        if self.output_dense is not None and not self.output_dense.built:
+            combine_dim = top_size + self.memory_dim
+            self.output_dense.build((None, combine_dim))
+
+    # ----------------------------------------------------------------- states
+    def get_initial_state(self, batch_size, rnn_states=None):
+        """The flat initial state list.
+
+        Args:
+            batch_size: Batch size (int or scalar tensor).
+            rnn_states: Optional list of RNN states (one tensor per entry of
+                `rnn_state_sizes`, e.g. bridged from the encoder). Zeros when
+                None. The input-feeding state always starts at zero.
+
+        Returns:
+            A list matching `state_size`.
+        """
+        if rnn_states is None:
+            rnn_states = [ops.zeros((batch_size, size), self.compute_dtype)
+                          for size in self.rnn_state_sizes]
+        else:
+            rnn_states = list(rnn_states)
+            if len(rnn_states) != len(self.rnn_state_sizes):
+                raise ValueError(
+                    f"`rnn_states` must hold {len(self.rnn_state_sizes)} tensors of sizes "
+                    f"{self.rnn_state_sizes}; received {len(rnn_states)}."
+                )
+        if self.input_feeding:
+            rnn_states.append(
+                ops.zeros((batch_size, self.attention_layer_size or self.units), self.compute_dtype)
+            )
+        return rnn_states
+
+    def split_states(self, states):
+        """Splits a flat state list into (rnn_states, previous attentional vector)."""
+        states = list(states)
+        count = len(self.rnn_state_sizes)
+        feed = states[count] if self.input_feeding else None
+        return states[:count], feed
+
+    # ------------------------------------------------------------ sub-steps
+    def rnn_step(self, inputs, rnn_states, training=None):
+        """Runs the stacked RNN one step.
+
+        Args:
+            inputs: `(batch, input_dim)`.
+            rnn_states: Flat list of the RNN layers' states.
+            training: Python boolean.
+
+        Returns:
+            `(top_output, new_rnn_states)`.
+        """
+        new_states = []
+        position = 0
+        x = inputs
+        for index, cell in enumerate(self.cells):
+            count = len(_flat_sizes(cell.state_size))
+            cell_states = rnn_states[position: position + count]
+            position += count
+            if index > 0:
+                x = self.dropout_layer(x, training=training)
+            x, cell_new = cell(x, cell_states if count > 1 else cell_states[0], training=training)
+            cell_new = cell_new if isinstance(cell_new, (list, tuple)) else [cell_new]
+            new_states.extend(cell_new)
+        return x, new_states
+
+    def attend(self, query, memory, memory_mask=None, prepared_memory=None, step=None,
+               training=None):
+        """Context vector(s) and attention weights for `query`.
+
+        Args:
+            query: `(batch, units)` or `(batch, T, units)`.
+            memory, memory_mask, prepared_memory, step, training: As in `call`.
+
+        Returns:
+            `(context, weights)`.
+        """
+        return self.attention(
+            query, memory, memory_mask=memory_mask, step=step,
+            prepared_memory=prepared_memory, training=training,
+            return_attention_scores=True,
+        )
+
+    def combine(self, rnn_output, context, training=None):
+        """The step's output from the top RNN output and the context.
+
+        Luong: h̃ = tanh(W_c [c; h]). Bahdanau: [s; c], or tanh(W_o [s; c])
+        with `attention_layer_size`. Works on `(batch, d)` and `(batch, T, d)`.
+        """
+        if self.style == "luong":
+            joined = ops.concatenate([context, rnn_output], axis=-1)
+        else:
+            joined = ops.concatenate([rnn_output, context], axis=-1)
+        if self.output_dense is not None:
+            joined = self.output_dense(joined)
+        return joined
+
+    def prepare_memory(self, memory):
+        """`attention.prepare_memory(memory)`, or None without attention."""
+        if self.attention is None:
+            return None
+        return self.attention.prepare_memory(memory)
+
+    # ------------------------------------------------------------------- call
+    def call(self, inputs, states, memory=None, memory_mask=None, prepared_memory=None,
+             step=None, training=None):
+        rnn_states, feed = self.split_states(states)
+        if self.attention is None:
+            output, new_states = self.rnn_step(inputs, rnn_states, training=training)
+            return (self.dropout_layer(output, training=training), None), new_states
+        if prepared_memory is None:
+            prepared_memory = self.prepare_memory(memory)
+        if self.style == "bahdanau":
+            query = self._top_hidden(rnn_states)
+            context, weights = self.attend(
+                query, memory, memory_mask, prepared_memory, step, training
+            )
+            rnn_input = ops.concatenate([inputs, ops.cast(context, inputs.dtype)], axis=-1)
+            top, new_states = self.rnn_step(rnn_input, rnn_states, training=training)
+            output = self.combine(top, context, training=training)
+        else:
+            rnn_input = inputs
+            if self.input_feeding:
+                rnn_input = ops.concatenate([inputs, feed], axis=-1)
+            top, new_states = self.rnn_step(rnn_input, rnn_states, training=training)
+            context, weights = self.attend(
+                top, memory, memory_mask, prepared_memory, step, training
+            )
+            output = self.combine(top, context, training=training)
+            if self.input_feeding:
+                new_states = new_states + [output]
+        output = self.dropout_layer(output, training=training)
+        return (output, weights), new_states
+
+    def _top_hidden(self, rnn_states):
+        """The top layer's hidden state (the first state tensor of the top cell)."""
+        top_count = len(_flat_sizes(self.cells[-1].state_size))
+        return rnn_states[len(rnn_states) - top_count]
+
+    # ----------------------------------------------------------------- config
+    def get_config(self):
+        config = super().get_config()
+        cell_type = self.cell_type
+        if not isinstance(cell_type, str):
+            cell_type = [keras.saving.serialize_keras_object(c) for c in self.cells]
+        config.update(
+            {
+                "units": self.units,
+                "attention": (
+                    None if self.attention is None
+                    else keras.saving.serialize_keras_object(self.attention)
+                ),
+                "cell_type": cell_type,
+                "style": self.style,
+                "input_feeding": self.input_feeding,
+                "attention_layer_size": self.attention_layer_size,
+                "num_layers": self.num_layers,
+                "dropout": self.dropout,
+            }
+        )
+        return config

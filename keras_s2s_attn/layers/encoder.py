@@ -1,0 +1,176 @@
+"""The source encoder (embedding + bidirectional RNN stack) and its bridge."""
+
+import keras
+from keras import ops
+
+from keras_s2s_attn.layers.decoder_cell import CELL_TYPES
+
+
+@keras.saving.register_keras_serializable(package="keras_s2s_attn")
+class Encoder(keras.layers.Layer):
+    """Embeds source ids and reads them with a stack of (bidirectional) RNNs.
+
+    Id 0 is padding: it is masked in every RNN layer, and the mask is passed
+    on with the memory, so attention layers downstream ignore padded
+    positions.
+
+    Args:
+        vocab_size: Size of the source vocabulary.
+        embedding_dim: Width of the embedding.
+        units: Width of each RNN direction.
+        num_layers: Number of stacked RNN layers.
+        cell_type: `"gru"` or `"lstm"`.
+        bidirectional: Read the source in both directions (as Bahdanau et
+            al.); memory vectors then have width `2 * units`.
+        dropout: Dropout rate on the embeddings and between layers.
+        **kwargs: Base layer keyword arguments.
+
+    Call arguments:
+        source_ids: Int `(batch, S)`, 0 for padding.
+        training: Python boolean.
+
+    Returns:
+        `(memory, summary)`: memory `(batch, S, memory_dim)` with a Keras
+        mask, and summary `(batch, memory_dim)`, the final states of the top
+        layer (forward and backward concatenated): what the bridge hands to
+        the decoder.
+
+    Example:
+
+    >>> encoder = Encoder(vocab_size=50, embedding_dim=8, units=16)
+    >>> memory, summary = encoder(np.array([[5, 6, 7, 0]]))
+    >>> tuple(memory.shape), tuple(summary.shape)
+    ((1, 4, 32), (1, 32))
+    """
+
+    def __init__(self, vocab_size, embedding_dim=256, units=256, num_layers=1,
+                 cell_type="gru", bidirectional=True, dropout=0.0, **kwargs):
+        super().__init__(**kwargs)
+        for name, value in (("vocab_size", vocab_size), ("embedding_dim", embedding_dim),
+                            ("units", units), ("num_layers", num_layers)):
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
+        if cell_type not in CELL_TYPES:
+            raise ValueError(
+                f"`cell_type` must be one of {', '.join(map(repr, CELL_TYPES))}. "
+                f"Received: cell_type={cell_type!r}"
+            )
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"`dropout` must be in [0, 1). Received: dropout={dropout!r}")
+        self.vocab_size = vocab_size
+        self.embedding_dim = embedding_dim
+        self.units = units
+        self.num_layers = num_layers
+        self.cell_type = cell_type
+        self.bidirectional = bool(bidirectional)
+        self.dropout = float(dropout)
+        self.supports_masking = True
+        self.embedding = keras.layers.Embedding(vocab_size, embedding_dim, name="embedding")
+        self.dropout_layer = keras.layers.Dropout(self.dropout, name="dropout")
+        rnn_class = keras.layers.GRU if cell_type == "gru" else keras.layers.LSTM
+        self.rnns = []
+        for i in range(num_layers):
+            rnn = rnn_class(units, return_sequences=True, return_state=True,
+                            name=f"{cell_type}_{i}")
+            if self.bidirectional:
+                rnn = keras.layers.Bidirectional(rnn, name=f"bidirectional_{i}")
+            self.rnns.append(rnn)
+
+    @property
+    def memory_dim(self):
+        return self.units * (2 if self.bidirectional else 1)
+
+    def build(self, source_ids_shape):
+        self.embedding.build(source_ids_shape)
+        shape = tuple(source_ids_shape) + (self.embedding_dim,)
+        for rnn in self.rnns:
+            rnn.build(shape)
+            shape = shape[:-1] + (self.memory_dim,)
+
+    def call(self, source_ids, training=None):
+        mask = ops.not_equal(source_ids, 0)
+        x = self.dropout_layer(self.embedding(source_ids), training=training)
+        for index, rnn in enumerate(self.rnns):
+            if index > 0:
+                x = self.dropout_layer(x, training=training)
+            x, *states = rnn(x, mask=mask, training=training)
+        # GRU: [h] per direction; LSTM: [h, c] per direction. The summary takes
+        # the hidden state h of each direction.
+        per_direction = len(states) // (2 if self.bidirectional else 1)
+        summary = ops.concatenate(states[::per_direction], axis=-1)
+        return x, summary
+
+    def compute_mask(self, source_ids, mask=None):
+        return [ops.not_equal(source_ids, 0), None]
+
+    def compute_output_shape(self, source_ids_shape):
+        batch, length = source_ids_shape[0], source_ids_shape[1]
+        return (batch, length, self.memory_dim), (batch, self.memory_dim)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "vocab_size": self.vocab_size,
+                "embedding_dim": self.embedding_dim,
+                "units": self.units,
+                "num_layers": self.num_layers,
+                "cell_type": self.cell_type,
+                "bidirectional": self.bidirectional,
+                "dropout": self.dropout,
+            }
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="keras_s2s_attn")
+class StateBridge(keras.layers.Layer):
+    """Maps the encoder summary to the decoder's initial RNN states.
+
+    Each decoder state tensor gets its own tanh(W · summary + b), as Bahdanau
+    et al. initialise s₀ = tanh(W_s h₁).
+
+    Args:
+        state_sizes: List of ints, the decoder's `rnn_state_sizes`.
+        **kwargs: Base layer keyword arguments.
+
+    Call arguments:
+        summary: `(batch, summary_dim)`.
+
+    Returns:
+        A list of `(batch, size)` tensors, one per entry of `state_sizes`.
+
+    Example:
+
+    >>> bridge = StateBridge([16, 16])
+    >>> [tuple(s.shape) for s in bridge(np.zeros((2, 32), "float32"))]
+    [(2, 16), (2, 16)]
+    """
+
+    def __init__(self, state_sizes, **kwargs):
+        super().__init__(**kwargs)
+        state_sizes = [int(size) for size in state_sizes]
+        if not state_sizes or min(state_sizes) <= 0:
+            raise ValueError(
+                f"`state_sizes` must be a non-empty list of positive ints. Received: {state_sizes!r}"
+            )
+        self.state_sizes = state_sizes
+        self.projections = [
+            keras.layers.Dense(size, activation="tanh", name=f"state_{i}")
+            for i, size in enumerate(state_sizes)
+        ]
+
+    def build(self, summary_shape):
+        for projection in self.projections:
+            projection.build(summary_shape)
+
+    def call(self, summary):
+        return [projection(summary) for projection in self.projections]
+
+    def compute_output_shape(self, summary_shape):
+        return [(summary_shape[0], size) for size in self.state_sizes]
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"state_sizes": self.state_sizes})
+        return config
