@@ -1,0 +1,178 @@
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from keras import ops
+
+from keras_s2s_attn import (
+    BahdanauLuongAttention,
+    MaskedAccuracy,
+    MaskedSparseCategoricalCrossentropy,
+    attention_model,
+    build_seq2seq_model,
+)
+from keras_s2s_attn.synthetic import reversal_task
+
+VOCAB = 16
+
+
+def to_numpy(x):
+    return ops.convert_to_numpy(x)
+
+
+@keras.saving.register_keras_serializable(package="keras_s2s_attn_tests")
+class CosineAttention(BahdanauLuongAttention):
+    """A user's own score: temperature-scaled cosine similarity of h and W s."""
+
+    def __init__(self, temperature=5.0, **kwargs):
+        kwargs.setdefault("score", "general")
+        super().__init__(**kwargs)
+        self.temperature = temperature
+
+    def build(self, query_shape, memory_shape):
+        super().build(query_shape, memory_shape)  # makes the general W
+        self.temperature_weight = self.add_weight(
+            name="temperature", shape=(),
+            initializer=keras.initializers.Constant(self.temperature),
+        )
+
+    def score(self, query, prepared_memory):
+        query = query / ops.sqrt(ops.sum(query * query, axis=-1, keepdims=True) + 1e-6)
+        keys = prepared_memory / ops.sqrt(
+            ops.sum(prepared_memory * prepared_memory, axis=-1, keepdims=True) + 1e-6
+        )
+        return self.temperature_weight * ops.matmul(query, ops.transpose(keys, (0, 2, 1)))
+
+    def get_config(self):
+        return {**super().get_config(), "temperature": self.temperature}
+
+
+def small_model(**kwargs):
+    kwargs = {"embedding_dim": 8, "units": 16, "dropout": 0.0, **kwargs}
+    return build_seq2seq_model(VOCAB, VOCAB, **kwargs)
+
+
+def compiled(model):
+    model.compile(keras.optimizers.Adam(1e-2), loss=MaskedSparseCategoricalCrossentropy(),
+                  metrics=[MaskedAccuracy()])
+    return model
+
+
+def dataset(n=128, seed=0):
+    inputs, labels = reversal_task(n, min_length=2, max_length=6, num_symbols=8, seed=seed)
+    return tf.data.Dataset.from_tensor_slices((inputs, labels)).batch(32), inputs, labels
+
+
+def test_model_inputs_outputs_and_attention_model():
+    model = small_model()
+    assert sorted(model.input) == ["source_ids", "target_ids"]
+    _, inputs, _ = dataset(4)
+    logits = model(inputs)
+    assert logits.shape == (4, 7, VOCAB)
+    weights = to_numpy(attention_model(model)(inputs))
+    assert weights.shape == (4, 7, 6)
+    real = inputs["source_ids"] > 0
+    assert np.all(weights[~np.broadcast_to(real[:, None, :], weights.shape)] == 0.0)
+    np.testing.assert_allclose(weights.sum(-1), 1.0, atol=1e-5)
+    with pytest.raises(ValueError, match="attention=None"):
+        attention_model(small_model(attention=None))
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(),
+        dict(attention="dot", style="luong", input_feeding=False, cell_type="lstm"),
+        dict(attention="general", style="luong", decoder_layers=2, encoder_layers=2),
+        dict(attention="location", max_source_length=6, style="luong"),
+        dict(attention="additive", window=2, window_mode="local-p"),
+        dict(attention=None),
+    ],
+)
+def test_fit_on_tf_data_then_keras_save_load(tmp_path, kwargs):
+    ds, inputs, _ = dataset()
+    model = compiled(small_model(**kwargs))
+    history = model.fit(ds, epochs=3, verbose=0)
+    losses = history.history["loss"]
+    assert np.isfinite(losses).all() and losses[-1] < losses[0]
+    path = tmp_path / "model.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    np.testing.assert_array_equal(to_numpy(loaded(inputs)), to_numpy(model(inputs)))
+    # The compiled loss and metric come back too, and training can go on.
+    assert isinstance(loaded.loss, MaskedSparseCategoricalCrossentropy)
+    loaded.fit(ds, epochs=1, verbose=0)
+
+
+def test_subclassed_score_trains_saves_and_loads(tmp_path):
+    ds, inputs, labels = dataset(256, seed=3)
+    model = compiled(small_model(attention=CosineAttention(temperature=4.0, name="attention")))
+    attention = model.get_layer("decoder").cell.attention
+    assert isinstance(attention, CosineAttention)
+    before = model.evaluate(ds, verbose=0, return_dict=True)["loss"]
+    model.fit(ds, epochs=5, verbose=0)
+    after = model.evaluate(ds, verbose=0, return_dict=True)["loss"]
+    assert after < 0.8 * before
+    # The custom weight exists and was trained.
+    assert abs(float(attention.temperature_weight.numpy()) - 4.0) > 1e-4
+    path = tmp_path / "custom.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    loaded_attention = loaded.get_layer("decoder").cell.attention
+    assert isinstance(loaded_attention, CosineAttention)
+    assert loaded_attention.temperature == 4.0
+    np.testing.assert_array_equal(to_numpy(loaded(inputs)), to_numpy(model(inputs)))
+    np.testing.assert_array_equal(to_numpy(attention_model(loaded)(inputs)),
+                                  to_numpy(attention_model(model)(inputs)))
+
+
+def reference_loss(labels, logits, smoothing):
+    """Mean over non-padding tokens of −Σ_k q_k log p_k, q = (1−ε)·onehot + ε/K."""
+    total, count = 0.0, 0
+    vocab = logits.shape[-1]
+    for b in range(labels.shape[0]):
+        for t in range(labels.shape[1]):
+            if labels[b, t] == 0:
+                continue
+            z = logits[b, t] - logits[b, t].max()
+            log_p = z - np.log(np.exp(z).sum())
+            q = np.full(vocab, smoothing / vocab)
+            q[labels[b, t]] += 1.0 - smoothing
+            total += -(q * log_p).sum()
+            count += 1
+    return total / count
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_masked_loss_and_accuracy_match_hand_computation(smoothing):
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(3, 5, 7)).astype("float32")
+    labels = np.array([[4, 5, 6, 3, 0], [4, 3, 0, 0, 0], [5, 5, 5, 5, 3]])
+    loss = MaskedSparseCategoricalCrossentropy(label_smoothing=smoothing)
+    np.testing.assert_allclose(float(loss(labels, logits)),
+                               reference_loss(labels, logits, smoothing), rtol=1e-5)
+    # Padding logits do not matter at all.
+    noisy = logits.copy()
+    noisy[labels == 0] = 100.0
+    np.testing.assert_allclose(float(loss(labels, noisy)), float(loss(labels, logits)), rtol=1e-6)
+
+    metric = MaskedAccuracy()
+    metric.update_state(labels, logits)
+    predicted = logits.argmax(-1)
+    real = labels != 0
+    assert float(metric.result()) == pytest.approx((predicted == labels)[real].mean())
+
+
+def test_loss_and_model_bad_arguments():
+    with pytest.raises(ValueError, match="label_smoothing"):
+        MaskedSparseCategoricalCrossentropy(label_smoothing=1.0)
+    with pytest.raises(ValueError, match="attention.*'additive'"):
+        small_model(attention="multiplicative")
+    with pytest.raises(ValueError, match="style"):
+        small_model(style="transformer")
+    with pytest.raises(ValueError, match="cell_type"):
+        small_model(cell_type="rnn")
+    with pytest.raises(ValueError, match="window"):
+        small_model(window=0)
+    with pytest.raises(ValueError, match="max_length"):
+        small_model(attention="location")
