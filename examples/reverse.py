@@ -25,7 +25,7 @@ from keras_s2s_attn import (  # noqa: E402
     MaskedSparseCategoricalCrossentropy,
     build_seq2seq_model,
 )
-from keras_s2s_attn.decoding import GreedyDecoder  # noqa: E402
+from keras_s2s_attn.decoding import Decoder  # noqa: E402
 from keras_s2s_attn.special_ids import NUM_RESERVED  # noqa: E402
 from keras_s2s_attn.synthetic import exact_match, reversal_task  # noqa: E402
 
@@ -59,7 +59,7 @@ def train(attention, args):
 
 
 def report(model, test_inputs, test_labels, label):
-    result = GreedyDecoder(model)(test_inputs["source_ids"], max_output_length=40)
+    result = Decoder(model).greedy(test_inputs["source_ids"], max_output_length=40)
     predicted = result["ids"].numpy()
     lengths = (test_inputs["source_ids"] > 0).sum(1)
     cells = []

@@ -1,0 +1,155 @@
+import keras
+import numpy as np
+import pytest
+
+from keras_s2s_attn import build_seq2seq_model
+from keras_s2s_attn.decoding import Decoder
+from keras_s2s_attn.special_ids import END_ID, START_ID
+
+
+def untrained(**kwargs):
+    keras.utils.set_random_seed(3)
+    return build_seq2seq_model(12, 12, embedding_dim=8, units=16, dropout=0.0, **kwargs)
+
+
+SOURCES = np.array([[4, 5, 6, 7, 8], [9, 10, 0, 0, 0], [11, 4, 4, 0, 0]], np.int32)
+
+
+def numpy_greedy(model, source_ids, max_length):
+    """Reference: the whole model re-run on the growing prefix, argmax each time."""
+    targets = np.full((len(source_ids), 1), START_ID, np.int32)
+    finished = np.zeros(len(source_ids), bool)
+    scores = np.zeros(len(source_ids))
+    for _ in range(max_length):
+        logits = keras.ops.convert_to_numpy(
+            model({"source_ids": source_ids, "target_ids": targets}))[:, -1]
+        log_probs = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(
+            -1, keepdims=True)) - logits.max(-1, keepdims=True)
+        chosen = np.where(finished, 0, log_probs.argmax(-1))
+        scores += np.where(finished, 0.0, log_probs.max(-1))
+        finished |= chosen == END_ID
+        targets = np.concatenate([targets, chosen[:, None]], 1)
+        if finished.all():
+            break
+    return targets[:, 1:], scores
+
+
+@pytest.mark.parametrize("kwargs", [dict(), dict(attention="general", style="luong"),
+                                    dict(attention=None)])
+def test_greedy_equals_rerunning_the_training_graph(kwargs):
+    model = untrained(**kwargs)
+    result = Decoder(model).greedy(SOURCES, max_output_length=7)
+    want_ids, want_scores = numpy_greedy(model, SOURCES, 7)
+    ids = result["ids"].numpy()
+    np.testing.assert_array_equal(ids, want_ids)
+    np.testing.assert_allclose(result["scores"].numpy(), want_scores, rtol=1e-4, atol=1e-4)
+    assert result["attention"].shape == (3, ids.shape[1], 5)
+    for row in range(3):  # lengths count tokens before the end id
+        tokens = list(ids[row])
+        expected = tokens.index(END_ID) if END_ID in tokens else len(tokens)
+        assert result["lengths"].numpy()[row] == expected
+
+
+def test_greedy_attention_equals_teacher_forced_attention(reversal_model):
+    from keras_s2s_attn import attention_model
+
+    model, (inputs, _) = reversal_model
+    sources = inputs["source_ids"][:8]
+    result = Decoder(model).greedy(sources, max_output_length=30)
+    ids = result["ids"].numpy()
+    targets = np.concatenate([np.full((8, 1), START_ID), ids[:, :-1]], 1)
+    forced = keras.ops.convert_to_numpy(
+        attention_model(model)({"source_ids": sources, "target_ids": targets}))
+    alive = np.concatenate([np.ones((8, 1), bool), (ids[:, :-1] != END_ID) & (ids[:, :-1] != 0)],
+                           1)
+    np.testing.assert_allclose(result["attention"].numpy()[alive], forced[alive], atol=1e-5)
+    assert np.all(result["attention"].numpy()[~alive] == 0.0)
+
+
+def test_beam_width_one_equals_greedy(reversal_model):
+    model, (inputs, _) = reversal_model
+    decoder = Decoder(model)
+    sources = inputs["source_ids"][:64]
+    greedy = decoder.greedy(sources, max_output_length=30)
+    beam = decoder.beam_search(sources, beam_width=1, max_output_length=30,
+                               length_penalty_weight=0.6)
+    np.testing.assert_array_equal(beam["ids"].numpy(), greedy["ids"].numpy())
+    np.testing.assert_array_equal(beam["lengths"].numpy(), greedy["lengths"].numpy())
+    np.testing.assert_allclose(beam["scores"].numpy(), greedy["scores"].numpy(), atol=1e-4)
+    np.testing.assert_allclose(beam["attention"].numpy(), greedy["attention"].numpy(), atol=1e-6)
+
+
+def test_beam_scores_at_least_greedy_on_a_trained_model(reversal_model):
+    model, (inputs, _) = reversal_model
+    sources = inputs["source_ids"][:200]
+    decoder = Decoder(model)
+    greedy = decoder.greedy(sources, max_output_length=30)["scores"].numpy()
+    beam = decoder.beam_search(sources, beam_width=5, max_output_length=30)["scores"].numpy()
+    assert np.all(beam >= greedy - 1e-4), (beam - greedy).min()
+
+    # A noisier copy of the model makes real search errors: the beam fixes many
+    # of them. Beam search does not promise to beat greedy on every row (the
+    # greedy prefix can fall out of the beam), so that part is a rate.
+    weak = Decoder(untrained_reversal_like(model)[0])
+    greedy = weak.greedy(sources, max_output_length=30)["scores"].numpy()
+    beam = weak.beam_search(sources, beam_width=5, max_output_length=30)["scores"].numpy()
+    assert beam.mean() >= greedy.mean() + 0.3, (beam.mean(), greedy.mean())
+    assert np.mean(beam > greedy + 1e-4) >= 0.3
+    assert np.mean(beam >= greedy - 1e-4) >= 0.97
+
+
+def untrained_reversal_like(model):
+    """The trained model with noise on its weights: worse, so greedy errs more."""
+    clone = keras.models.clone_model(model)
+    rng = np.random.default_rng(0)
+    clone.set_weights([w + rng.normal(scale=0.15, size=w.shape).astype(w.dtype)
+                       for w in model.get_weights()])
+    return clone, None
+
+
+def test_n_best_sorted_and_penalties(reversal_model):
+    model, (inputs, _) = reversal_model
+    decoder = Decoder(model)
+    sources = inputs["source_ids"][:16]
+    result = decoder.beam_search(sources, beam_width=4, num_results=3, max_output_length=30,
+                                 length_penalty_weight=1.0, coverage_penalty_weight=0.2)
+    ranking = result["ranking_scores"].numpy()
+    assert result["ids"].shape[:2] == (16, 3) and ranking.shape == (16, 3)
+    assert np.all(np.diff(ranking, axis=1) <= 1e-6)  # best first
+    ids = result["ids"].numpy()
+    assert not any(np.array_equal(ids[b, 0], ids[b, 1]) for b in range(16))  # distinct beams
+    # The ranking score is the GNMT formula applied to the returned numbers.
+    lengths = result["lengths"].numpy() + 1  # + the end token
+    attention = result["attention"].numpy()
+    real = sources > 0
+    coverage = np.log(np.minimum(attention.sum(2), 1.0) + 1e-10)
+    cp = 0.2 * (coverage * real[:, None, :]).sum(-1)
+    want = result["scores"].numpy() / ((5.0 + lengths) / 6.0) + cp
+    np.testing.assert_allclose(ranking, want, rtol=1e-4, atol=1e-4)
+
+
+def test_jit_compile_gives_the_same_results(reversal_model):
+    model, (inputs, _) = reversal_model
+    sources = inputs["source_ids"][:16]
+    plain, jit = Decoder(model), Decoder(model, jit_compile=True)
+    for method, kwargs in (("greedy", {}), ("beam_search", {"beam_width": 3})):
+        a = getattr(plain, method)(sources, max_output_length=30, **kwargs)
+        b = getattr(jit, method)(sources, max_output_length=30, **kwargs)
+        np.testing.assert_array_equal(a["ids"].numpy(), b["ids"].numpy())
+        np.testing.assert_allclose(a["scores"].numpy(), b["scores"].numpy(), atol=1e-4)
+
+
+def test_bad_decoding_arguments():
+    decoder = Decoder(untrained())
+    with pytest.raises(ValueError, match="beam_width"):
+        decoder.beam_search(SOURCES, beam_width=0)
+    with pytest.raises(ValueError, match="num_results"):
+        decoder.beam_search(SOURCES, beam_width=2, num_results=3)
+    with pytest.raises(ValueError, match="length_penalty_weight"):
+        decoder.beam_search(SOURCES, length_penalty_weight=-1.0)
+    with pytest.raises(ValueError, match="max_output_length"):
+        decoder.greedy(SOURCES, max_output_length=0)
+    with pytest.raises(ValueError, match=r"\(batch, S\)"):
+        decoder.greedy(SOURCES[0])
+    with pytest.raises(ValueError, match="integer"):
+        decoder.greedy(SOURCES.astype("float32"))
