@@ -1,0 +1,143 @@
+"""The run directory's bookkeeping callback: metrics CSV, best model, resume state."""
+
+import csv
+import json
+import math
+import os
+import shutil
+
+import keras
+
+STATE_POINTER = "latest"
+
+
+def read_metrics(path):
+    """The rows of a run's metrics.csv as dicts (an empty list if there is none)."""
+    if not os.path.exists(path):
+        return []
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _replace_atomically(path, write):
+    """Calls write(temporary_path), then renames the result onto `path`."""
+    root, extension = os.path.splitext(path)
+    temporary = f"{root}.tmp{extension}"  # keeps the extension: Keras checks it
+    write(temporary)
+    os.replace(temporary, path)
+
+
+class RunCheckpoint(keras.callbacks.Callback):
+    """Per-epoch bookkeeping of a run directory that survives being killed.
+
+    At each epoch end, in this order: the metrics row is appended to
+    `metrics.csv`, the model is saved as `best.keras` if its `val_loss` is the
+    best so far, and the training state (weights and optimizer) is saved under
+    `backup/` for resuming. Every file is written beside its target and
+    renamed into place, and the resume state becomes current only when a
+    pointer file is replaced, so a process killed at any instant leaves the
+    previous complete state.
+
+    On `fit` start, a saved state is restored and `fit` continues from the
+    epoch after it (the mechanism of `keras.callbacks.BackupAndRestore`, which
+    this replaces because it writes its weights file in place: a kill during
+    the first save leaves a corrupt file it cannot recover from, and a kill
+    between its weights and metadata writes pairs new weights with an old
+    epoch). Rows of epochs the state does not cover are dropped from the CSV
+    and logged again, so each epoch appears exactly once.
+
+    Args:
+        run_dir: The run directory.
+        metrics_file: Name of the CSV file in it.
+        best_file: Name of the best-model file in it.
+        monitor: The quantity that picks the best model (lower is better).
+
+    Example:
+
+    >>> model.fit(data, validation_data=valid, epochs=10,
+    ...           callbacks=[RunCheckpoint("runs/demo")])
+    """
+
+    def __init__(self, run_dir, metrics_file="metrics.csv", best_file="best.keras",
+                 monitor="val_loss"):
+        super().__init__()
+        self.run_dir = os.fspath(run_dir)
+        self.backup_dir = os.path.join(self.run_dir, "backup")
+        self.csv_path = os.path.join(self.run_dir, metrics_file)
+        self.best_path = os.path.join(self.run_dir, best_file)
+        self.monitor = monitor
+        self.best = math.inf
+
+    # ----------------------------------------------------------------- resume
+    def on_train_begin(self, logs=None):
+        os.makedirs(self.backup_dir, exist_ok=True)
+        epoch = self._restore()
+        rows = read_metrics(self.csv_path)
+        kept = [row for row in rows if int(row["epoch"]) < epoch]
+        if len(kept) != len(rows):
+            self._write_rows(kept, list(rows[0]))
+        values = [float(row[self.monitor]) for row in kept if row.get(self.monitor)]
+        self.best = min((v for v in values if math.isfinite(v)), default=math.inf)
+
+    def _restore(self):
+        pointer = os.path.join(self.backup_dir, STATE_POINTER)
+        if not os.path.exists(pointer):
+            return 0
+        with open(pointer) as handle:
+            state_dir = os.path.join(self.backup_dir, handle.read().strip())
+        optimizer = self.model.optimizer
+        if optimizer is not None and not optimizer.built:
+            optimizer.build(self.model.trainable_variables)  # its variables are in the file
+        self.model.load_weights(os.path.join(state_dir, "state.weights.h5"))
+        with open(os.path.join(state_dir, "state.json")) as handle:
+            epoch = json.load(handle)["epoch"]
+        # `fit` reads this after on_train_begin, as for BackupAndRestore.
+        self.model._initial_epoch = epoch
+        return epoch
+
+    # -------------------------------------------------------------- each epoch
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        row = {"epoch": epoch, **{key: float(value) for key, value in logs.items()}}
+        rows = read_metrics(self.csv_path)
+        self._write_rows(rows + [row], list(rows[0]) if rows else list(row))
+
+        value = logs.get(self.monitor)
+        if value is not None and math.isfinite(float(value)) and float(value) < self.best:
+            self.best = float(value)
+            _replace_atomically(self.best_path, lambda path: self.model.save(path))
+        self._save_state(epoch + 1)
+
+    def _save_state(self, next_epoch):
+        name = f"epoch-{next_epoch:05d}"
+        final_dir = os.path.join(self.backup_dir, name)
+        building = final_dir + ".tmp"
+        shutil.rmtree(building, ignore_errors=True)
+        os.makedirs(building)
+        self.model.save_weights(os.path.join(building, "state.weights.h5"))
+        with open(os.path.join(building, "state.json"), "w") as handle:
+            json.dump({"epoch": next_epoch}, handle)
+        shutil.rmtree(final_dir, ignore_errors=True)
+        os.replace(building, final_dir)
+
+        def point(path):
+            with open(path, "w") as handle:
+                handle.write(name)
+
+        _replace_atomically(os.path.join(self.backup_dir, STATE_POINTER), point)
+        for old in os.listdir(self.backup_dir):
+            if old.startswith("epoch-") and old != name:
+                shutil.rmtree(os.path.join(self.backup_dir, old), ignore_errors=True)
+
+    def on_train_end(self, logs=None):
+        # The run is over (finished, or stopped by a callback): nothing to resume.
+        shutil.rmtree(self.backup_dir, ignore_errors=True)
+
+    def _write_rows(self, rows, fields):
+        def write(path):
+            with open(path, "w", newline="") as handle:
+                writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
+                writer.writeheader()
+                writer.writerows(rows)
+
+        _replace_atomically(self.csv_path, write)

@@ -1,0 +1,288 @@
+"""Text pairs in, `tf.data` batches of ids out.
+
+`read_pairs` reads source/target pairs from a TSV or CSV file (or
+`check_pairs` checks Python lists); `make_dataset` tokenises them, truncates
+and counts what it cut, and builds a `tf.data` pipeline that adds the
+start/end ids for teacher forcing, caches, shuffles, buckets by length, pads
+and prefetches.
+"""
+
+import csv
+import os
+import warnings
+import zlib
+
+import numpy as np
+import tensorflow as tf
+
+from keras_s2s_attn.special_ids import END_ID, START_ID
+
+ON_BAD_ROW = ("error", "skip")
+
+
+class MalformedRowError(ValueError):
+    """A row of a pairs file that cannot be used; the message names file and line."""
+
+
+def _delimiter_for(path, delimiter):
+    if delimiter is not None:
+        return delimiter
+    extension = os.path.splitext(path)[1].lower()
+    if extension == ".csv":
+        return ","
+    if extension in (".tsv", ".tab", ".txt"):
+        return "\t"
+    raise ValueError(
+        f"Cannot tell the delimiter of {path!r} from its extension; pass delimiter='\\t' or ','."
+    )
+
+
+def _column_index(column, header, path, which):
+    if isinstance(column, int):
+        return column
+    if header is None:
+        raise ValueError(
+            f"`{which}_column={column!r}` names a column, which needs header=True "
+            f"(the first row of {path} holds the column names)."
+        )
+    if column not in header:
+        raise ValueError(
+            f"`{which}_column={column!r}` is not a column of {path}; its header has {header}."
+        )
+    return header.index(column)
+
+
+def read_pairs(path, *, source_column=0, target_column=1, header=None, delimiter=None,
+               on_bad_row="error", encoding="utf-8"):
+    """Reads source/target text pairs from a TSV or CSV file, one pair per line.
+
+    Args:
+        path: The file. `.csv` is comma-separated (with CSV quoting); `.tsv`,
+            `.tab` and `.txt` are tab-separated (no quoting: quotes are text).
+        source_column: Column index, or column name (needs a header).
+        target_column: Column index, or column name (needs a header).
+        header: True if the first line holds column names; default True
+            when a column is given by name, else False.
+        delimiter: Overrides the delimiter implied by the extension.
+        on_bad_row: `"error"` raises `MalformedRowError` naming file and
+            line for a row with a missing column, bytes that are not valid
+            `encoding`, or an empty (whitespace-only) side; `"skip"` skips
+            such rows and warns with their count and first line numbers.
+        encoding: Text encoding of the file.
+
+    Returns:
+        `(sources, targets)`: two lists of str of equal length.
+
+    Raises:
+        FileNotFoundError: If `path` does not exist.
+        MalformedRowError: For a bad row with `on_bad_row="error"`, or when
+            no usable row is left.
+
+    Example:
+
+    >>> sources, targets = read_pairs("pairs.tsv")
+    """
+    if on_bad_row not in ON_BAD_ROW:
+        raise ValueError(
+            f"`on_bad_row` must be one of {', '.join(map(repr, ON_BAD_ROW))}. "
+            f"Received: on_bad_row={on_bad_row!r}"
+        )
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"No pairs file at {path!r}")
+    delimiter = _delimiter_for(path, delimiter)
+    if header is None:
+        header = isinstance(source_column, str) or isinstance(target_column, str)
+    quoting = csv.QUOTE_MINIMAL if delimiter == "," else csv.QUOTE_NONE
+
+    sources, targets, bad = [], [], []
+    names = None
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode(encoding)
+            except UnicodeDecodeError as error:
+                problem = f"bytes that are not valid {encoding} ({error.reason} at byte {error.start})"
+                bad.append((number, problem))
+                if on_bad_row == "error":
+                    break
+                continue
+            line = line.rstrip("\r\n")
+            if number == 1 and line.startswith("\ufeff"):
+                line = line[1:]  # byte-order mark
+            if not line.strip():
+                continue  # blank lines separate nothing; they are not pairs
+            fields = next(csv.reader([line], delimiter=delimiter, quoting=quoting))
+            if header and names is None:
+                names = fields
+                source_index = _column_index(source_column, names, path, "source")
+                target_index = _column_index(target_column, names, path, "target")
+                continue
+            if names is None:
+                source_index, target_index = source_column, target_column
+            needed = max(source_index, target_index) + 1
+            if len(fields) < needed:
+                problem = f"{len(fields)} column(s), needs at least {needed}"
+            else:
+                source, target = fields[source_index].strip(), fields[target_index].strip()
+                if source and target:
+                    sources.append(source)
+                    targets.append(target)
+                    continue
+                problem = f"empty {'source' if not source else 'target'}"
+            bad.append((number, problem))
+            if on_bad_row == "error":
+                break
+    if bad and on_bad_row == "error":
+        number, problem = bad[0]
+        raise MalformedRowError(
+            f"{path}:{number}: malformed row: {problem}. Fix the row, or pass "
+            "on_bad_row='skip' (--on-bad-row skip) to skip such rows with a warning."
+        )
+    if bad:
+        first = ", ".join(f"{path}:{number} ({problem})" for number, problem in bad[:3])
+        warnings.warn(f"Skipped {len(bad)} malformed row(s) of {path}: {first}"
+                      f"{' ...' if len(bad) > 3 else ''}", stacklevel=2)
+    if not sources:
+        raise MalformedRowError(f"{path}: no usable source/target pair found.")
+    return sources, targets
+
+
+def check_pairs(sources, targets):
+    """Validates pairs given as Python lists; returns them as lists of str.
+
+    Raises:
+        ValueError: For different lengths, no pairs, or a non-string or empty
+            item (its index is named).
+    """
+    sources, targets = list(sources), list(targets)
+    if len(sources) != len(targets):
+        raise ValueError(
+            f"`sources` and `targets` must have the same length; got {len(sources)} and "
+            f"{len(targets)}."
+        )
+    if not sources:
+        raise ValueError("No pairs given: `sources` and `targets` are empty.")
+    for name, texts in (("sources", sources), ("targets", targets)):
+        for index, text in enumerate(texts):
+            if not isinstance(text, str) or not text.strip():
+                raise ValueError(f"`{name}[{index}]` must be a non-empty string; got {text!r}.")
+    return sources, targets
+
+
+def split_pairs(sources, targets, valid_percent=5):
+    """Deterministically holds out about `valid_percent`% of the pairs.
+
+    A pair goes to validation when crc32 of its source and target, mod 100, is
+    below `valid_percent`, so the split does not depend on order or on the
+    rest of the file. At least one pair goes to each side.
+
+    Returns:
+        `((train_sources, train_targets), (valid_sources, valid_targets))`.
+    """
+    if not 0 < valid_percent < 100:
+        raise ValueError(f"`valid_percent` must be in (0, 100). Received: {valid_percent!r}")
+    if len(sources) < 2:
+        raise ValueError("Need at least 2 pairs to hold out a validation slice.")
+    held = np.array([
+        zlib.crc32(f"{s}\t{t}".encode("utf-8")) % 100 < valid_percent
+        for s, t in zip(sources, targets)
+    ])
+    if held.all() or not held.any():
+        held[:] = False
+        held[-1] = True
+    pick = lambda texts, keep: [x for x, k in zip(texts, keep) if k]  # noqa: E731
+    return ((pick(sources, ~held), pick(targets, ~held)),
+            (pick(sources, held), pick(targets, held)))
+
+
+DEFAULT_BUCKETS = (8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+
+
+def make_dataset(sources, targets, source_tokenizer, target_tokenizer, *, batch_size=64,
+                 max_source_length=None, max_target_length=None, shuffle=True, seed=None,
+                 bucket_boundaries=DEFAULT_BUCKETS, cache=True, batch_multiple=1):
+    """A `tf.data.Dataset` of `({"source_ids", "target_ids"}, labels)` batches.
+
+    Each target becomes the decoder input `[START] y₁ … yₙ` and the labels
+    `y₁ … yₙ [END]`. All pairs are tokenised once, in one batched call per
+    side (which also counts what truncation cuts); the pipeline then caches
+    the teacher-forcing pairs, shuffles them, groups them into buckets of
+    similar length (less padding), pads with 0 and prefetches.
+
+    Args:
+        sources, targets: Lists of str (see `read_pairs`, `check_pairs`).
+        source_tokenizer, target_tokenizer: Adapted tokenizers.
+        batch_size: Pairs per batch.
+        max_source_length: Source tokens kept (the rest is cut), or None.
+        max_target_length: Target tokens kept before the end id, or None.
+        shuffle: Shuffle the pairs every epoch.
+        seed: Shuffle seed.
+        bucket_boundaries: Length boundaries for bucketing, or None to pad
+            each batch to its longest pair without bucketing.
+        cache: Cache the tokenised pairs in memory.
+        batch_multiple: Pad every batch with all-padding rows up to a
+            multiple of this (the number of replicas under a distribution
+            strategy, so each gets an equal share). Such rows have only
+            padding labels: they add nothing to the loss or the metrics.
+
+    Returns:
+        `(dataset, stats)`: stats is a dict with `pairs`,
+        `truncated_sources` and `truncated_targets` (how many pairs were cut).
+
+    Example:
+
+    >>> dataset, stats = make_dataset(sources, targets, src_tok, tgt_tok, batch_size=32)
+    """
+    sources, targets = check_pairs(sources, targets)
+    for name, value in (("batch_size", batch_size), ("max_source_length", max_source_length),
+                        ("max_target_length", max_target_length)):
+        if value is not None and (not isinstance(value, int) or value <= 0):
+            raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
+    source_ids = source_tokenizer.encode(tf.constant(sources))
+    target_ids = target_tokenizer.encode(tf.constant(targets))
+    source_lengths = source_ids.row_lengths().numpy()
+    target_lengths = target_ids.row_lengths().numpy()
+    stats = {
+        "pairs": len(sources),
+        "truncated_sources": int(np.sum(source_lengths > (max_source_length or np.inf))),
+        "truncated_targets": int(np.sum(target_lengths > (max_target_length or np.inf))),
+        "empty_after_tokenization": int(np.sum((source_lengths == 0) | (target_lengths == 0))),
+    }
+    if max_source_length:
+        source_ids = source_ids[:, :max_source_length]
+    if max_target_length:
+        target_ids = target_ids[:, :max_target_length]
+
+    def teacher_forcing(source, target):
+        start = tf.constant([START_ID], target.dtype)
+        end = tf.constant([END_ID], target.dtype)
+        inputs = {"source_ids": source, "target_ids": tf.concat([start, target], 0)}
+        return inputs, tf.concat([target, end], 0)
+
+    dataset = tf.data.Dataset.from_tensor_slices((source_ids, target_ids)).map(
+        teacher_forcing, num_parallel_calls=tf.data.AUTOTUNE
+    )
+    if cache:
+        dataset = dataset.cache()
+    if shuffle:
+        dataset = dataset.shuffle(min(len(sources), 10_000), seed=seed,
+                                  reshuffle_each_iteration=True)
+    if bucket_boundaries:
+        boundaries = sorted(set(int(b) for b in bucket_boundaries))
+        dataset = dataset.bucket_by_sequence_length(
+            lambda inputs, labels: tf.maximum(tf.shape(inputs["source_ids"])[0],
+                                              tf.shape(labels)[0]),
+            bucket_boundaries=boundaries,
+            bucket_batch_sizes=[batch_size] * (len(boundaries) + 1),
+        )
+    else:
+        dataset = dataset.padded_batch(batch_size)
+    if batch_multiple > 1:
+        def pad_rows(inputs, labels):
+            missing = -tf.shape(labels)[0] % batch_multiple
+            pad = lambda x: tf.pad(x, [[0, missing], [0, 0]])  # noqa: E731
+            return tf.nest.map_structure(pad, inputs), pad(labels)
+
+        dataset = dataset.map(pad_rows)
+    return dataset.prefetch(tf.data.AUTOTUNE), stats
