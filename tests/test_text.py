@@ -398,3 +398,12 @@ def test_misuse_errors():
         tok.decode(tf.constant([[1.0]]))
     with pytest.raises(ValueError, match="data"):
         tok.adapt([1, 2])
+
+
+def test_space_tokenizer_keeps_pieces_whole():
+    tok = make_tokenizer("space").adapt(["HH AH0 L OW1", "W ER1 L D", "HH AH0 L OW1"])
+    assert tok.vocabulary[4:] == ["L", "AH0", "HH", "OW1", "D", "ER1", "W"]  # count, then text
+    ids = tok.encode(["HH  AH0\tL  D", "ZH OW1"])
+    assert ids.to_list() == [[6, 5, 4, 8], [1, 7]]
+    assert tok.decode(ids).numpy().tolist() == [b"HH AH0 L D", b"[UNK] OW1"]
+    assert tok.id_to_token(ids).to_list()[0] == [b"HH", b"AH0", b"L", b"D"]

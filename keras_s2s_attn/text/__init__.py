@@ -1,9 +1,10 @@
 """Tokenizers: text to int ids for the seq2seq models, in TensorFlow.
 
-Four kinds, built with `make_tokenizer(kind, **options)`:
+Five kinds, built with `make_tokenizer(kind, **options)`:
 
 - "char": Unicode characters (core TF ops).
 - "word": words and punctuation, SentencePiece-style "▁" word marks (core TF ops).
+- "space": the space-separated pieces as they are, e.g. phone strings (core TF ops).
 - "wordpiece": WordPiece subwords of those words (`tensorflow_text.WordpieceTokenizer`).
 - "sentencepiece": SentencePiece subwords (`tensorflow_text.SentencepieceTokenizer`;
   training needs the `sentencepiece` package).
@@ -28,6 +29,7 @@ from keras_s2s_attn.text.subword import SentencepieceTokenizer, WordpieceTokeniz
 from keras_s2s_attn.text.tokenizers import (
     TOKENIZER_KINDS,
     CharTokenizer,
+    SpaceTokenizer,
     WordTokenizer,
     load_tokenizer,
     make_tokenizer,
@@ -38,6 +40,7 @@ __all__ = [
     "TOKENIZER_KINDS",
     "CharTokenizer",
     "SentencepieceTokenizer",
+    "SpaceTokenizer",
     "Tokenizer",
     "WordTokenizer",
     "WordpieceTokenizer",

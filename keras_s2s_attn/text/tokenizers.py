@@ -78,9 +78,39 @@ class WordTokenizer(Tokenizer):
         return join_words(tokens)
 
 
+class SpaceTokenizer(Tokenizer):
+    """Tokens are the space-separated pieces of the normalised text, nothing more.
+
+    For targets that are already token sequences, such as phone strings
+    ("HH AH L OW"): no punctuation splitting and no "▁" marks, so each piece
+    has one vocabulary entry. Decoding joins the tokens with single spaces, so
+    `decode(encode(x)) == normalize(x)` (whitespace runs collapsed) for
+    in-vocabulary text. Core TF ops only (plus `tensorflow_text.normalize_utf8`
+    when `normalization="NFKC"`).
+
+    Args:
+        lower, normalization, max_vocab_size, min_count, vocabulary: see `make_tokenizer`.
+
+    Example:
+
+    >>> tok = SpaceTokenizer().adapt(["HH AH L OW", "W ER L D"])
+    >>> tok.decode(tok.encode(["HH  AH L D"])).numpy()
+    array([b'HH AH L D'], dtype=object)
+    """
+
+    kind = "space"
+
+    def _split(self, normalized):
+        return tf.strings.split(normalized, " ")
+
+    def _join(self, tokens):
+        return tf.strings.reduce_join(tokens, axis=-1, separator=" ")
+
+
 TOKENIZER_CLASSES = {
     "char": CharTokenizer,
     "word": WordTokenizer,
+    "space": SpaceTokenizer,
     "wordpiece": WordpieceTokenizer,
     "sentencepiece": SentencepieceTokenizer,
 }
@@ -91,7 +121,7 @@ def make_tokenizer(kind, **options):
     """Builds a tokenizer (not yet adapted) of the given kind.
 
     Args:
-        kind: one of "char", "word", "wordpiece", "sentencepiece".
+        kind: one of "char", "word", "space", "wordpiece", "sentencepiece".
         **options: common options
             - `lower=False`: lower-case (after Unicode normalisation).
             - `normalization="NFKC"`: `"NFKC"` or `None`.
