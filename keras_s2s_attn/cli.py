@@ -94,12 +94,99 @@ def _train(args):
     return 1 if summary["stopped"] else 0
 
 
+def _add_export(subparsers):
+    parser = subparsers.add_parser(
+        "export", help="export a run as a TF Serving SavedModel",
+        description="Export a run's model with its tokenizers as saved_models/NAME/<version>/: "
+                    "strings in, translations and attention out (greedy 'serving_default' and "
+                    "'beam_search' signatures), with TF Serving warm-up requests.")
+    parser.add_argument("run_dir")
+    parser.add_argument("--name", required=True, help="model name (the directory under "
+                                                      "--export-dir)")
+    parser.add_argument("--export-dir", default="saved_models")
+    parser.add_argument("--version", type=_positive_int, help="default: the next integer")
+    parser.add_argument("--which", default="best", choices=["best", "final"])
+    parser.add_argument("--max-source-length", type=_positive_int,
+                        help="default: the run's, else 256")
+    parser.add_argument("--max-output-length", type=_positive_int)
+    parser.add_argument("--beam-width", type=_positive_int, default=4)
+    parser.add_argument("--length-penalty", type=float, default=0.6)
+    parser.add_argument("--coverage-penalty", type=float, default=0.0)
+    parser.set_defaults(handler=_export)
+
+
+def _export(args):
+    from keras_s2s_attn.export import export_saved_model
+
+    options = {"beam_width": args.beam_width, "length_penalty_weight": args.length_penalty,
+               "coverage_penalty_weight": args.coverage_penalty,
+               "max_output_length": args.max_output_length}
+    if args.max_source_length:
+        options["max_source_length"] = args.max_source_length
+    path = export_saved_model(args.run_dir, os.path.join(args.export_dir, args.name),
+                              version=args.version, which=args.which, **options)
+    print(path)
+    return 0
+
+
+def _add_translate(subparsers):
+    parser = subparsers.add_parser(
+        "translate", help="translate text with an exported model or a run",
+        description="Translate each TEXT with saved_models/NAME (its highest version) or a "
+                    "run directory; prints one translation per line.")
+    parser.add_argument("model", help="saved_models/NAME, a version directory, or a run dir")
+    parser.add_argument("texts", nargs="+", metavar="TEXT")
+    parser.add_argument("--beam", type=_positive_int, default=1,
+                        help="beam width (an exported model has its width fixed at export)")
+    parser.add_argument("--json", action="store_true", help="print every output as JSON")
+    parser.set_defaults(handler=_translate)
+
+
+def _translate(args):
+    from keras_s2s_attn.translation import translate_outputs
+
+    outputs = translate_outputs(args.model, args.texts, beam_width=args.beam)
+    if args.json:
+        from keras_s2s_attn.serving import format_outputs
+
+        print(json.dumps(format_outputs(outputs, row_format=True)["predictions"],
+                         ensure_ascii=False, indent=1))
+    else:
+        for text in outputs["translation"]:
+            print(text.decode("utf-8"))
+    return 0
+
+
+def _add_serve(subparsers):
+    parser = subparsers.add_parser(
+        "serve", help="serve saved_models/NAME over TF Serving's REST API",
+        description="Serve the highest version of saved_models/NAME over TF Serving's REST API "
+                    "(GET /v1/models/NAME, .../metadata, POST .../NAME:predict); a newer "
+                    "version is picked up when it appears.")
+    parser.add_argument("base_path", help="saved_models/NAME")
+    parser.add_argument("--host", default="127.0.0.1", help="default: loopback only")
+    parser.add_argument("--port", type=int, default=8501)
+    parser.add_argument("--max-request-bytes", type=_positive_int, default=4 * 1024 * 1024)
+    parser.set_defaults(handler=_serve)
+
+
+def _serve(args):
+    from keras_s2s_attn.serving import serve
+
+    serve(args.base_path, host=args.host, port=args.port,
+          max_request_bytes=args.max_request_bytes)
+    return 0
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(
         prog="s2s-attn", description="Sequence-to-sequence models with attention."
     )
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_train(subparsers)
+    _add_export(subparsers)
+    _add_translate(subparsers)
+    _add_serve(subparsers)
     args = parser.parse_args(argv)
     try:
         return args.handler(args)

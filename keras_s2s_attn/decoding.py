@@ -68,9 +68,9 @@ class Decoder:
         self.start_id = int(start_id)
         self.end_id = int(end_id)
         self.jit_compile = bool(jit_compile)
-        self._greedy = tf.function(self._greedy_core, jit_compile=self.jit_compile,
+        self._greedy = tf.function(self.greedy_graph, jit_compile=self.jit_compile,
                                    reduce_retracing=True)
-        self._beam = tf.function(self._beam_core, jit_compile=self.jit_compile,
+        self._beam = tf.function(self.beam_graph, jit_compile=self.jit_compile,
                                  reduce_retracing=True)
 
     # ------------------------------------------------------------ public API
@@ -180,7 +180,12 @@ class Decoder:
         return log_probs, tf.cast(weights, tf.float32), states
 
     # ------------------------------------------------------------- greedy core
-    def _greedy_core(self, source_ids, max_length):
+    def greedy_graph(self, source_ids, max_length):
+        """`greedy` as TensorFlow ops, to call inside another `tf.function`.
+
+        Returns `(ids, lengths, scores, attention, steps)` with ids and
+        attention in buffers of `max_length` steps (the first `steps` used).
+        """
         batch, source_length = tf.shape(source_ids)[0], tf.shape(source_ids)[1]
         memory, mask, prepared, states = self.encode(source_ids)
 
@@ -209,7 +214,13 @@ class Decoder:
         return (tf.transpose(ids), lengths, scores, tf.transpose(attention, (1, 0, 2)), steps)
 
     # --------------------------------------------------------------- beam core
-    def _beam_core(self, source_ids, max_length, beam_width, alpha, beta):
+    def beam_graph(self, source_ids, max_length, beam_width, alpha, beta):
+        """`beam_search` as TensorFlow ops, to call inside another `tf.function`.
+
+        `beam_width` is a Python int. Returns `(ids, lengths, scores,
+        ranking_scores, attention, steps)` for all beams, best first, in
+        buffers of `max_length` steps (the first `steps` used).
+        """
         batch, source_length = tf.shape(source_ids)[0], tf.shape(source_ids)[1]
         memory, mask, prepared, states = self.encode(source_ids)
         flat = batch * beam_width

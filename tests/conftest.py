@@ -41,3 +41,6 @@ def train_reversal(attention, epochs=6):
 def reversal_model():
     """Trained once per test session; shared by the learning and decoding tests."""
     return train_reversal("additive")
+
+
+from tests.serving_fixtures import tiny_run  # noqa: E402,F401  (a shared fixture)

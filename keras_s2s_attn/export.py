@@ -1,0 +1,197 @@
+"""Export a trained model as a self-contained SavedModel for TF Serving.
+
+The SavedModel takes raw strings and returns translations and attention
+maps: tokenisation, greedy or beam-search decoding and detokenisation are in
+the graph, the vocabularies are SavedModel assets, and no device is pinned,
+so TF Serving answers with it on CPU or GPU as it is.
+
+Layout (what TF Serving's file-system source expects)::
+
+    saved_models/NAME/1/saved_model.pb
+                        variables/...
+                        assets/vocab.txt ...
+                        assets.extra/tf_serving_warmup_requests
+
+Signatures: `serving_default` (greedy) and `beam_search`, both with input
+`text` (`tf.string`, shape `[None]`) and outputs `translation`, `score`,
+`attention` `(batch, T, S)`, `source_tokens`, `target_tokens`, `truncated`.
+"""
+
+import json
+import os
+import re
+import shutil
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_s2s_attn.special_ids import NUM_RESERVED
+from keras_s2s_attn.translation import Translator
+
+SIGNATURES = ("serving_default", "beam_search")
+WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
+# What was fixed at export time (beam width, lengths), for tools reading the SavedModel.
+EXPORT_INFO_FILE = os.path.join("assets.extra", "s2s_attn.json")
+_TEMPORARY = re.compile(r"^\.tmp-export-(\d+)-")
+
+
+def versions(export_dir):
+    """The integer version directories under `export_dir`, ascending."""
+    if not os.path.isdir(export_dir):
+        return []
+    return sorted(int(name) for name in os.listdir(export_dir)
+                  if name.isdigit() and os.path.isdir(os.path.join(export_dir, name)))
+
+
+def _remove_stale_temporaries(export_dir):
+    """Deletes half-written exports left by processes that no longer run."""
+    for name in os.listdir(export_dir):
+        match = _TEMPORARY.match(name)
+        if not match:
+            continue
+        try:
+            os.kill(int(match.group(1)), 0)
+        except ProcessLookupError:
+            shutil.rmtree(os.path.join(export_dir, name), ignore_errors=True)
+        except PermissionError:
+            pass  # alive, someone else's
+
+
+def default_warmup_texts(source_tokenizer, count=4):
+    """A few in-vocabulary inputs of growing length, built from the source vocabulary."""
+    vocabulary_size = source_tokenizer.vocabulary_size
+    texts = []
+    for length in (3, 8, 16, 32)[:count]:
+        ids = NUM_RESERVED + np.arange(length) % max(1, vocabulary_size - NUM_RESERVED)
+        texts.append(source_tokenizer.decode(ids[None].astype("int32"))[0].numpy().decode())
+    return texts
+
+
+def write_warmup_requests(path, model_name, texts):
+    """Writes TF Serving warm-up requests: one predict request per signature.
+
+    Args:
+        path: The `assets.extra/tf_serving_warmup_requests` file to write.
+        model_name: The model name TF Serving serves the model under.
+        texts: The request batch.
+    """
+    from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with tf.io.TFRecordWriter(path) as writer:
+        for signature in SIGNATURES:
+            request = predict_pb2.PredictRequest(
+                model_spec=model_pb2.ModelSpec(name=model_name, signature_name=signature))
+            request.inputs["text"].CopyFrom(tf.make_tensor_proto(texts, dtype=tf.string))
+            log = prediction_log_pb2.PredictionLog(
+                predict_log=prediction_log_pb2.PredictLog(request=request))
+            writer.write(log.SerializeToString())
+
+
+def load_saved_model(path):
+    """`tf.saved_model.load` with tensorflow-text's ops registered (NFKC, subwords)."""
+    import tensorflow_text  # noqa: F401  (registers the custom ops the graph may use)
+
+    return tf.saved_model.load(os.fspath(path))
+
+
+def latest_version_dir(path):
+    """A version directory: `path` itself if it holds a SavedModel, else its highest version."""
+    path = os.fspath(path)
+    if os.path.exists(os.path.join(path, "saved_model.pb")):
+        return path
+    found = versions(path)
+    if not found:
+        raise FileNotFoundError(f"No SavedModel at {path!r} and no version directory "
+                                "(1/, 2/, ...) under it.")
+    return os.path.join(path, str(found[-1]))
+
+
+def read_export_info(version_dir):
+    """The settings fixed at export (`Translator.settings()`), or {} for other SavedModels."""
+    path = os.path.join(version_dir, EXPORT_INFO_FILE)
+    if not os.path.exists(path):
+        return {}
+    with open(path) as handle:
+        return json.load(handle)
+
+
+def export_saved_model(model_or_run_dir, export_dir="saved_models/model", version=None, *,
+                       source_tokenizer=None, target_tokenizer=None, which="best",
+                       warmup_texts=None, **translator_options):
+    """Exports a model with its tokenizers as `export_dir/<version>/`.
+
+    The SavedModel is written to a temporary directory beside the target and
+    renamed into place, so TF Serving, which polls `export_dir`, never sees a
+    half-written version.
+
+    Args:
+        model_or_run_dir: A run directory from `train` (its best model by
+            default, see `which`), or a model (then pass both tokenizers).
+        export_dir: The model's base path, `saved_models/NAME`; NAME is the
+            model name in the warm-up requests.
+        version: An integer version; default the next one after the highest
+            present (1 for a new base path).
+        source_tokenizer, target_tokenizer: With a model, its tokenizers.
+        which: With a run directory, `"best"` or `"final"`.
+        warmup_texts: Inputs for the warm-up requests; default a few built
+            from the source vocabulary.
+        **translator_options: `Translator` options: `max_source_length`,
+            `max_output_length`, `beam_width`, `length_penalty_weight`,
+            `coverage_penalty_weight`.
+
+    Returns:
+        The path of the new version directory.
+
+    Raises:
+        FileExistsError: If that version already exists.
+
+    Example:
+
+    >>> export_saved_model("runs/g2p", "saved_models/g2p_en")
+    'saved_models/g2p_en/1'
+    """
+    if isinstance(model_or_run_dir, (str, bytes)) or hasattr(model_or_run_dir, "__fspath__"):
+        translator = Translator.from_run(model_or_run_dir, which=which, **translator_options)
+    else:
+        if source_tokenizer is None or target_tokenizer is None:
+            raise ValueError("Exporting a model needs its `source_tokenizer` and "
+                             "`target_tokenizer` (or give a run directory instead).")
+        translator = Translator(model_or_run_dir, source_tokenizer, target_tokenizer,
+                                **translator_options)
+    export_dir = os.fspath(export_dir)
+    os.makedirs(export_dir, exist_ok=True)
+    _remove_stale_temporaries(export_dir)
+    if version is None:
+        version = (versions(export_dir) or [0])[-1] + 1
+    if isinstance(version, bool) or not isinstance(version, int) or version <= 0:
+        raise ValueError(f"`version` must be a positive integer. Received: {version!r}")
+    final = os.path.join(export_dir, str(version))
+    if os.path.exists(final):
+        raise FileExistsError(f"{final!r} exists already: pick another version, or None for "
+                              "the next one.")
+
+    archive = keras.export.ExportArchive()
+    archive.track(translator.model)
+    archive.track(translator.source_tokenizer)
+    archive.track(translator.target_tokenizer)
+    spec = [tf.TensorSpec([None], tf.string, name="text")]
+    archive.add_endpoint("serving_default", lambda text: translator.translate_graph(text),
+                         input_signature=spec)
+    archive.add_endpoint("beam_search", lambda text: translator.translate_graph(text, beam=True),
+                         input_signature=spec)
+
+    temporary = os.path.join(export_dir, f".tmp-export-{os.getpid()}-{time.time_ns()}")
+    try:
+        archive.write_out(temporary, verbose=False)
+        texts = warmup_texts or default_warmup_texts(translator.source_tokenizer)
+        write_warmup_requests(os.path.join(temporary, WARMUP_FILE),
+                              os.path.basename(os.path.normpath(export_dir)), texts)
+        with open(os.path.join(temporary, EXPORT_INFO_FILE), "w") as handle:
+            json.dump(translator.settings(), handle, indent=2)
+        os.rename(temporary, final)
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
+    return final

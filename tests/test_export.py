@@ -1,0 +1,182 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_s2s_attn import export
+from keras_s2s_attn.text import make_tokenizer
+from keras_s2s_attn.training import load_run
+from keras_s2s_attn.translation import OUTPUT_NAMES, Translator
+from tests.serving_fixtures import INVALID_UTF8, MIXED_TEXTS
+
+TEXTS = MIXED_TEXTS[:63] + [INVALID_UTF8]  # 64 mixed-length inputs, bad ones included
+
+
+def env():
+    return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+
+
+def run_in_fresh_python(version_dir, signature, texts, extra_import=""):
+    """Loads the SavedModel in a new interpreter that imports only TensorFlow."""
+    script = textwrap.dedent(f"""
+        import json, sys
+        import tensorflow as tf
+        {extra_import}
+        texts = [bytes.fromhex(h) for h in json.load(sys.stdin)]
+        model = tf.saved_model.load({version_dir!r})
+        out = model.signatures[{signature!r}](text=tf.constant(texts, tf.string))
+        assert not any(name.startswith("keras_s2s_attn") for name in sys.modules)
+        print(json.dumps({{"tf_text": "tensorflow_text" in sys.modules, "outputs": {{
+            k: (v.numpy().astype(str).tolist() if v.dtype == tf.string else v.numpy().tolist())
+            for k, v in out.items()}}}}))
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            env=env(), timeout=300, input=json.dumps([t.hex() for t in texts]))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def as_bytes(texts):
+    return [t if isinstance(t, bytes) else t.encode("utf-8") for t in texts]
+
+
+def assert_same(fresh, local):
+    outputs = fresh["outputs"]
+    assert sorted(outputs) == sorted(OUTPUT_NAMES)
+    assert outputs["translation"] == local["translation"].astype(str).tolist()
+    assert outputs["source_tokens"] == local["source_tokens"].astype(str).tolist()
+    assert outputs["target_tokens"] == local["target_tokens"].astype(str).tolist()
+    assert outputs["truncated"] == local["truncated"].tolist()
+    np.testing.assert_allclose(outputs["score"], local["score"], atol=1e-4)
+    np.testing.assert_allclose(outputs["attention"], local["attention"], atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_run, tmp_path_factory):
+    base = tmp_path_factory.mktemp("saved_models") / "reverser"
+    path = export.export_saved_model(tiny_run, base, beam_width=3)
+    return str(base), path
+
+
+def test_layout_assets_and_warmup_requests(exported, tiny_run):
+    base, path = exported
+    assert path == os.path.join(base, "1")
+    assert os.path.exists(os.path.join(path, "saved_model.pb"))
+    assets = os.path.join(path, "assets")
+    contents = {open(os.path.join(assets, name), encoding="utf-8").read()
+                for name in os.listdir(assets)}
+    _, source, target, _ = load_run(tiny_run)
+    # Both vocabularies travel as assets (same file name, neither overwritten).
+    assert contents == {"\n".join(source.vocabulary) + "\n", "\n".join(target.vocabulary) + "\n"}
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    records = list(tf.data.TFRecordDataset(os.path.join(path, export.WARMUP_FILE)))
+    logs = [prediction_log_pb2.PredictionLog.FromString(r.numpy()) for r in records]
+    assert [log.predict_log.request.model_spec.signature_name for log in logs] == [
+        "serving_default", "beam_search"]
+    assert all(log.predict_log.request.model_spec.name == "reverser" for log in logs)
+    texts = tf.make_ndarray(logs[0].predict_log.request.inputs["text"])
+    assert len(texts) == 4 and all(len(t) > 0 for t in texts)
+    assert export.read_export_info(path)["beam_width"] == 3
+
+
+def test_fresh_process_equals_python_greedy_and_beam(exported, tiny_run):
+    _, path = exported
+    translator = Translator.from_run(tiny_run, beam_width=3)
+    for signature, beam in (("serving_default", False), ("beam_search", True)):
+        fresh = run_in_fresh_python(path, signature, as_bytes(TEXTS))
+        assert fresh["tf_text"] is False  # a core-ops-only graph
+        local = translator(TEXTS, beam=beam)
+        assert_same(fresh, local)
+    # The model really translates, and bad inputs give sensible rows.
+    outputs = fresh["outputs"]
+    assert outputs["translation"][0] == "CBA" and outputs["translation"][1] == "ABCDEFGH"
+    for row in (2, 3, 4):  # empty and whitespace-only: empty translation, zero score
+        assert outputs["translation"][row] == "" and outputs["score"][row] == 0.0
+        assert not any(outputs["source_tokens"][row])
+    assert outputs["truncated"][5] is True and outputs["truncated"][0] is False
+    assert outputs["source_tokens"][5][:12] == ["a"] * 12  # cut at max_source_length=12
+    assert np.isfinite(outputs["score"]).all()
+    assert np.isfinite(np.array(outputs["attention"])).all()
+    # Invalid UTF-8 bytes become U+FFFD (out of vocabulary here): no error.
+    assert outputs["source_tokens"][63][:6] == ["a", "b", "[UNK]", "[UNK]", "c", "d"]
+
+
+def test_empty_batch(exported):
+    _, path = exported
+    model = export.load_saved_model(path)
+    outputs = model.signatures["serving_default"](text=tf.constant([], tf.string))
+    assert outputs["translation"].shape == (0,)
+    assert outputs["attention"].shape[0] == 0
+
+
+def test_nfkc_graph_runs_with_tensorflow_text_only(tiny_run, tmp_path):
+    model, source, target, _ = load_run(tiny_run)
+    # The same vocabularies behind NFKC normalisation: the graph gains NormalizeUTF8.
+    nfkc_source = make_tokenizer("char", vocabulary=source.vocabulary)
+    nfkc_target = make_tokenizer("char", vocabulary=target.vocabulary)
+    path = export.export_saved_model(model, tmp_path / "nfkc", source_tokenizer=nfkc_source,
+                                     target_tokenizer=nfkc_target, max_source_length=12)
+    texts = ["ａｂｃ", "abc", "ﬁ"]  # full-width and ligature forms normalise to ASCII
+    fresh = run_in_fresh_python(path, "serving_default", as_bytes(texts),
+                                extra_import="import tensorflow_text")
+    assert fresh["outputs"]["translation"][0] == fresh["outputs"]["translation"][1] == "CBA"
+
+
+def test_saved_model_cli_show_and_run(exported):
+    _, path = exported
+    show = subprocess.run(["saved_model_cli", "show", "--dir", path, "--all"],
+                          capture_output=True, text=True, env=env(), timeout=300)
+    assert show.returncode == 0, show.stderr[-2000:]
+    for name in ("serving_default", "beam_search", "text", *OUTPUT_NAMES):
+        assert name in show.stdout
+    run = subprocess.run(
+        ["saved_model_cli", "run", "--dir", path, "--tag_set", "serve", "--signature_def",
+         "serving_default", "--input_exprs", 'text=["abc","hgfedcba"]'],
+        capture_output=True, text=True, env=env(), timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "b'CBA'" in run.stdout and "b'ABCDEFGH'" in run.stdout
+
+
+def test_versions_count_up_and_never_overwrite(tiny_run, tmp_path):
+    base = tmp_path / "m"
+    assert export.export_saved_model(tiny_run, base).endswith(os.sep + "1")
+    assert export.export_saved_model(tiny_run, base).endswith(os.sep + "2")
+    assert export.export_saved_model(tiny_run, base, version=10).endswith(os.sep + "10")
+    assert export.versions(base) == [1, 2, 10]
+    with pytest.raises(FileExistsError, match="10"):
+        export.export_saved_model(tiny_run, base, version=10)
+    with pytest.raises(ValueError, match="version"):
+        export.export_saved_model(tiny_run, base, version=0)
+    with pytest.raises(ValueError, match="tokenizer"):
+        export.export_saved_model(load_run(tiny_run)[0], base)
+
+
+def test_killed_export_leaves_no_version_behind(tiny_run, tmp_path):
+    base = tmp_path / "atomic"
+    script = (f"from keras_s2s_attn.export import export_saved_model\n"
+              f"export_saved_model({tiny_run!r}, {str(base)!r})\n")
+    process = subprocess.Popen([sys.executable, "-c", script], env=env(),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    temporary = []
+    while time.time() < deadline and process.poll() is None:
+        if base.exists():
+            temporary = [n for n in os.listdir(base) if n.startswith(".tmp-export-")]
+            if temporary and os.path.exists(base / temporary[0] / "saved_model.pb"):
+                break  # midway: the graph is written, the rename has not happened
+        time.sleep(0.01)
+    assert process.poll() is None, "the export finished before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert export.versions(base) == []  # TF Serving sees no version at all
+    # The next export clears the dead process's leftovers and writes version 1.
+    assert export.export_saved_model(tiny_run, base).endswith(os.sep + "1")
+    assert os.listdir(base) == ["1"]
