@@ -180,3 +180,23 @@ def test_killed_export_leaves_no_version_behind(tiny_run, tmp_path):
     # The next export clears the dead process's leftovers and writes version 1.
     assert export.export_saved_model(tiny_run, base).endswith(os.sep + "1")
     assert os.listdir(base) == ["1"]
+
+
+def test_cli_export_and_translate(tiny_run, tmp_path):
+    def s2s(*args):
+        result = subprocess.run(["s2s-attn", *args], capture_output=True, text=True, env=env(),
+                                timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return result.stdout
+
+    out = s2s("export", tiny_run, "--name", "rev", "--export-dir", str(tmp_path),
+              "--beam-width", "2")
+    assert out.strip() == os.path.join(str(tmp_path), "rev", "1")
+    assert s2s("translate", str(tmp_path / "rev"), "abc", "dd").split() == ["CBA", "DD"]
+    assert s2s("translate", str(tmp_path / "rev"), "abc", "--beam", "2").split() == ["CBA"]
+    rows = json.loads(s2s("translate", str(tmp_path / "rev"), "abc", "--json"))
+    assert rows[0]["translation"] == "CBA" and rows[0]["target_tokens"][3] == "[END]"
+    assert s2s("translate", tiny_run, "abc", "--beam", "5").split() == ["CBA"]
+    wrong = subprocess.run(["s2s-attn", "translate", str(tmp_path / "rev"), "abc", "--beam", "3"],
+                           capture_output=True, text=True, env=env(), timeout=300)
+    assert wrong.returncode == 2 and "beam_width=2" in wrong.stderr
