@@ -15,6 +15,7 @@ import zlib
 import numpy as np
 import tensorflow as tf
 
+from keras_s2s_attn.checks import positive_int
 from keras_s2s_attn.special_ids import END_ID, START_ID
 
 ON_BAD_ROW = ("error", "skip")
@@ -235,10 +236,10 @@ def make_dataset(sources, targets, source_tokenizer, target_tokenizer, *, batch_
     >>> dataset, stats = make_dataset(sources, targets, src_tok, tgt_tok, batch_size=32)
     """
     sources, targets = check_pairs(sources, targets)
-    for name, value in (("batch_size", batch_size), ("max_source_length", max_source_length),
-                        ("max_target_length", max_target_length)):
-        if value is not None and (not isinstance(value, int) or value <= 0):
-            raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
+    positive_int(batch_size, "batch_size")
+    positive_int(batch_multiple, "batch_multiple")
+    positive_int(max_source_length, "max_source_length", allow_none=True)
+    positive_int(max_target_length, "max_target_length", allow_none=True)
     source_ids = source_tokenizer.encode(tf.constant(sources))
     target_ids = target_tokenizer.encode(tf.constant(targets))
     source_lengths = source_ids.row_lengths().numpy()

@@ -15,16 +15,11 @@ did, which stock TF Serving lacks).
 import tensorflow as tf
 
 from keras_s2s_attn import models
+from keras_s2s_attn.checks import positive_int
 from keras_s2s_attn.special_ids import END_ID, PAD_ID, START_ID
 
 # A log-probability for impossible hypotheses: finite, so sums never give NaN.
 NEG_INF = -1e9
-
-
-def _positive(value, name):
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
-    return value
 
 
 def _same_shapes(new, old):
@@ -119,8 +114,8 @@ class Decoder:
             with `num_results` > 1 every value gains a second axis of that
             size, best first.
         """
-        _positive(beam_width, "beam_width")
-        _positive(num_results, "num_results")
+        positive_int(beam_width, "beam_width")
+        positive_int(num_results, "num_results")
         if num_results > beam_width:
             raise ValueError(f"`num_results` ({num_results}) cannot exceed `beam_width` "
                              f"({beam_width}).")
@@ -153,7 +148,7 @@ class Decoder:
             )
         if max_output_length is None:
             max_output_length = 2 * int(tf.shape(source_ids)[1]) + 10
-        max_output_length = _positive(int(max_output_length), "max_output_length")
+        max_output_length = positive_int(int(max_output_length), "max_output_length")
         if self.jit_compile:
             # Buffer sizes must be compile-time constants under XLA (one
             # compilation per value); a tensor otherwise avoids retracing.

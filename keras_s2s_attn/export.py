@@ -27,6 +27,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_s2s_attn.checks import positive_int
 from keras_s2s_attn.special_ids import NUM_RESERVED
 from keras_s2s_attn.translation import Translator
 
@@ -166,8 +167,7 @@ def export_saved_model(model_or_run_dir, export_dir="saved_models/model", versio
     _remove_stale_temporaries(export_dir)
     if version is None:
         version = (versions(export_dir) or [0])[-1] + 1
-    if isinstance(version, bool) or not isinstance(version, int) or version <= 0:
-        raise ValueError(f"`version` must be a positive integer. Received: {version!r}")
+    positive_int(version, "version")
     final = os.path.join(export_dir, str(version))
     if os.path.exists(final):
         raise FileExistsError(f"{final!r} exists already: pick another version, or None for "

@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from keras_s2s_attn.checks import rate
 from keras_s2s_attn.layers.attention import SCORES, BahdanauLuongAttention
 from keras_s2s_attn.layers.decoder import AttentionDecoder
 from keras_s2s_attn.layers.decoder_cell import AttentionDecoderCell
@@ -152,14 +153,6 @@ def attention_model(model):
     return keras.Model(model.input, decoder.output[1], name=f"{model.name}_attention")
 
 
-def _validate_smoothing(label_smoothing):
-    if not 0.0 <= label_smoothing < 1.0:
-        raise ValueError(
-            f"`label_smoothing` must be in [0, 1). Received: label_smoothing={label_smoothing!r}"
-        )
-    return float(label_smoothing)
-
-
 @keras.saving.register_keras_serializable(package="keras_s2s_attn")
 class MaskedSparseCategoricalCrossentropy(keras.losses.Loss):
     """Token-level cross-entropy from logits that ignores padding labels.
@@ -186,7 +179,7 @@ class MaskedSparseCategoricalCrossentropy(keras.losses.Loss):
                  name="masked_sparse_categorical_crossentropy", **kwargs):
         kwargs.setdefault("reduction", "sum_over_batch_size")
         super().__init__(name=name, **kwargs)
-        self.label_smoothing = _validate_smoothing(label_smoothing)
+        self.label_smoothing = rate(label_smoothing, "label_smoothing")
         self.pad_id = int(pad_id)
 
     def call(self, y_true, y_pred):

@@ -8,18 +8,13 @@ a served model answers exactly as the model does in Python.
 
 import tensorflow as tf
 
+from keras_s2s_attn.checks import positive_int
 from keras_s2s_attn.decoding import Decoder
 from keras_s2s_attn.special_ids import PAD_ID
 
 DEFAULT_MAX_SOURCE_LENGTH = 256
 OUTPUT_NAMES = ("translation", "score", "attention", "source_tokens", "target_tokens",
                 "truncated")
-
-
-def _positive_int(value, name):
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
-    return value
 
 
 class Translator:
@@ -63,10 +58,10 @@ class Translator:
         self.model = model
         self.source_tokenizer = source_tokenizer
         self.target_tokenizer = target_tokenizer
-        self.max_source_length = _positive_int(max_source_length, "max_source_length")
+        self.max_source_length = positive_int(max_source_length, "max_source_length")
         self.max_output_length = (None if max_output_length is None
-                                  else _positive_int(max_output_length, "max_output_length"))
-        self.beam_width = _positive_int(beam_width, "beam_width")
+                                  else positive_int(max_output_length, "max_output_length"))
+        self.beam_width = positive_int(beam_width, "beam_width")
         for name, value in (("length_penalty_weight", length_penalty_weight),
                             ("coverage_penalty_weight", coverage_penalty_weight)):
             if value < 0:

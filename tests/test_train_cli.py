@@ -2,7 +2,6 @@
 
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -12,18 +11,9 @@ import time
 import pytest
 
 from keras_s2s_attn.callbacks import read_metrics
+from tests.serving_fixtures import write_pairs
 
 SMALL = ["--units", "32", "--embedding-dim", "16", "--batch-size", "32", "--dropout", "0"]
-
-
-def write_pairs(path, n=600, seed=0):
-    """Lower-case words and their reversals: a task a tiny model learns fast."""
-    rng = random.Random(seed)
-    with open(path, "w", encoding="utf-8") as handle:
-        for _ in range(n):
-            word = "".join(rng.choice("abcdefgh") for _ in range(rng.randint(2, 7)))
-            handle.write(f"{word}\t{word[::-1]}\n")
-    return str(path)
 
 
 def env():

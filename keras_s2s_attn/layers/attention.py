@@ -8,22 +8,13 @@ import math
 import keras
 from keras import ops
 
+from keras_s2s_attn.checks import positive_int, rate
+
 SCORES = ("dot", "general", "concat", "additive", "scaled_dot", "location")
 WINDOW_MODES = ("local-m", "local-p")
 # Scores whose value is a product of query and memory; `scale=True` applies to
 # these only, as in tfa's `LuongAttention(scale=True)`.
 MULTIPLICATIVE_SCORES = ("dot", "general", "scaled_dot")
-
-
-def _positive_int(value, name, allow_none=True):
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(
-            f"`{name}` must be a positive integer"
-            f"{' or None' if allow_none else ''}. Received: {name}={value!r}"
-        )
-    return value
 
 
 def masked_softmax(scores, mask=None, axis=-1):
@@ -162,9 +153,9 @@ class BahdanauLuongAttention(keras.layers.Layer):
                 f"`window_mode` must be one of {', '.join(map(repr, WINDOW_MODES))}. "
                 f"Received: window_mode={window_mode!r}"
             )
-        self.units = _positive_int(units, "units")
-        self.window = _positive_int(window, "window")
-        self.max_length = _positive_int(max_length, "max_length")
+        self.units = positive_int(units, "units", allow_none=True)
+        self.window = positive_int(window, "window", allow_none=True)
+        self.max_length = positive_int(max_length, "max_length", allow_none=True)
         if normalize and score != "additive":
             raise ValueError(
                 "`normalize=True` weight-normalises the additive (Bahdanau) score "
@@ -186,13 +177,11 @@ class BahdanauLuongAttention(keras.layers.Layer):
                 "score='location' needs `max_length`, the largest memory length its "
                 "weight W (query_dim × max_length) can score. Received: max_length=None"
             )
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"`dropout` must be in [0, 1). Received: dropout={dropout!r}")
+        self.dropout = rate(dropout, "dropout")
         self.score_name = score
         self.normalize = bool(normalize)
         self.scale = bool(scale)
         self.window_mode = window_mode
-        self.dropout = float(dropout)
         self.supports_masking = True
         self.dropout_layer = keras.layers.Dropout(self.dropout, name="weights_dropout")
 

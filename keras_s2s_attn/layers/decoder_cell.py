@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from keras_s2s_attn.checks import positive_int, rate
 from keras_s2s_attn.layers.attention import BahdanauLuongAttention
 
 STYLES = ("bahdanau", "luong")
@@ -98,25 +99,13 @@ class AttentionDecoderCell(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if isinstance(units, bool) or not isinstance(units, int) or units <= 0:
-            raise ValueError(f"`units` must be a positive integer. Received: units={units!r}")
+        positive_int(units, "units")
+        positive_int(num_layers, "num_layers")
+        positive_int(attention_layer_size, "attention_layer_size", allow_none=True)
         if style not in STYLES:
             raise ValueError(
                 f"`style` must be one of {', '.join(map(repr, STYLES))}. Received: style={style!r}"
             )
-        if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers <= 0:
-            raise ValueError(
-                f"`num_layers` must be a positive integer. Received: num_layers={num_layers!r}"
-            )
-        if attention_layer_size is not None and (
-            not isinstance(attention_layer_size, int) or attention_layer_size <= 0
-        ):
-            raise ValueError(
-                "`attention_layer_size` must be a positive integer or None. "
-                f"Received: attention_layer_size={attention_layer_size!r}"
-            )
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"`dropout` must be in [0, 1). Received: dropout={dropout!r}")
         if isinstance(attention, dict):
             attention = keras.saving.deserialize_keras_object(attention)
         if attention is not None and not isinstance(attention, BahdanauLuongAttention):
@@ -130,7 +119,7 @@ class AttentionDecoderCell(keras.layers.Layer):
         self.input_feeding = bool(input_feeding) and style == "luong" and attention is not None
         self.attention_layer_size = attention_layer_size
         self.num_layers = num_layers
-        self.dropout = float(dropout)
+        self.dropout = rate(dropout, "dropout")
         self.cell_type = cell_type
         self.cells = self._make_cells(cell_type, units, num_layers)
         self.num_layers = len(self.cells)

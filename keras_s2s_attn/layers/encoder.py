@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from keras_s2s_attn.checks import positive_int, rate
 from keras_s2s_attn.layers.decoder_cell import CELL_TYPES
 
 
@@ -48,22 +49,19 @@ class Encoder(keras.layers.Layer):
         super().__init__(**kwargs)
         for name, value in (("vocab_size", vocab_size), ("embedding_dim", embedding_dim),
                             ("units", units), ("num_layers", num_layers)):
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
+            positive_int(value, name)
         if cell_type not in CELL_TYPES:
             raise ValueError(
                 f"`cell_type` must be one of {', '.join(map(repr, CELL_TYPES))}. "
                 f"Received: cell_type={cell_type!r}"
             )
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"`dropout` must be in [0, 1). Received: dropout={dropout!r}")
         self.vocab_size = vocab_size
         self.embedding_dim = embedding_dim
         self.units = units
         self.num_layers = num_layers
         self.cell_type = cell_type
         self.bidirectional = bool(bidirectional)
-        self.dropout = float(dropout)
+        self.dropout = rate(dropout, "dropout")
         self.supports_masking = True
         self.embedding = keras.layers.Embedding(vocab_size, embedding_dim, name="embedding")
         self.dropout_layer = keras.layers.Dropout(self.dropout, name="dropout")
