@@ -139,6 +139,8 @@ def _add_translate(subparsers):
     parser.add_argument("--beam", type=_positive_int, default=1,
                         help="beam width (an exported model has its width fixed at export)")
     parser.add_argument("--json", action="store_true", help="print every output as JSON")
+    parser.add_argument("--plot", metavar="FILE.png",
+                        help="save the attention maps of the texts as one PNG")
     parser.set_defaults(handler=_translate)
 
 
@@ -146,6 +148,16 @@ def _translate(args):
     from keras_s2s_attn.translation import translate_outputs
 
     outputs = translate_outputs(args.model, args.texts, beam_width=args.beam)
+    if args.plot:
+        from keras_s2s_attn.plotting import plot_attention_maps
+
+        maps = [(outputs["attention"][i], outputs["source_tokens"][i],
+                 outputs["target_tokens"][i], text) for i, text in enumerate(args.texts)
+                if any(outputs["target_tokens"][i]) and any(outputs["source_tokens"][i])]
+        if not maps:
+            raise ValueError("Nothing to plot: every text was empty.")
+        plot_attention_maps(maps, args.plot)
+        print(f"attention map written to {args.plot}", file=sys.stderr)
     if args.json:
         from keras_s2s_attn.serving import format_outputs
 
@@ -154,6 +166,49 @@ def _translate(args):
     else:
         for text in outputs["translation"]:
             print(text.decode("utf-8"))
+    return 0
+
+
+def _add_evaluate(subparsers):
+    parser = subparsers.add_parser(
+        "evaluate", help="score a model on a file of pairs",
+        description="Translate the sources of a pairs file in batches and score the outputs "
+                    "against the targets: JSON on stdout, a table on stderr.")
+    parser.add_argument("model", help="saved_models/NAME, a version directory, or a run dir")
+    parser.add_argument("pairs", help="TSV/CSV: source, target (more target columns with "
+                                      "--references)")
+    parser.add_argument("--metrics", default="bleu,chrf,wer,per,cer,exact",
+                        help="comma-separated: bleu, chrf, wer, per, cer, exact")
+    parser.add_argument("--beam", type=_positive_int, default=1)
+    parser.add_argument("--batch-size", type=_positive_int, default=256)
+    parser.add_argument("--references", action="store_true",
+                        help="every column after the source is an acceptable reference")
+    parser.set_defaults(handler=_evaluate)
+
+
+def _evaluate(args):
+    from keras_s2s_attn.data import read_pairs
+    from keras_s2s_attn.evaluation import evaluate_texts
+    from keras_s2s_attn.translation import open_translator
+
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    sources, references = read_pairs(args.pairs, all_targets=args.references)
+    references = [r if args.references else [r] for r in references]
+    run = open_translator(args.model, beam_width=args.beam)
+    hypotheses = []
+    for start in range(0, len(sources), args.batch_size):
+        batch = sources[start: start + args.batch_size]
+        hypotheses += [t.decode("utf-8") for t in run(batch)["translation"]]
+        done = len(hypotheses)
+        bar = "#" * (30 * done // len(sources))
+        print(f"\r[{bar:<30}] {done}/{len(sources)}", end="", file=sys.stderr, flush=True)
+    print(file=sys.stderr)
+    scores = evaluate_texts(hypotheses, references, metrics)
+    for name, value in scores.items():
+        shown = f"{value:.2f}" if name in ("bleu", "chrf") else f"{100 * value:.2f}%"
+        print(f"{name:>6}  {shown}", file=sys.stderr)
+    print(json.dumps({"model": args.model, "pairs": args.pairs, "sources": len(sources),
+                      "beam": args.beam, **scores}))
     return 0
 
 
@@ -186,6 +241,7 @@ def main(argv=None):
     _add_train(subparsers)
     _add_export(subparsers)
     _add_translate(subparsers)
+    _add_evaluate(subparsers)
     _add_serve(subparsers)
     args = parser.parse_args(argv)
     try:

@@ -54,7 +54,7 @@ def _column_index(column, header, path, which):
 
 
 def read_pairs(path, *, source_column=0, target_column=1, header=None, delimiter=None,
-               on_bad_row="error", encoding="utf-8"):
+               on_bad_row="error", encoding="utf-8", all_targets=False):
     """Reads source/target text pairs from a TSV or CSV file, one pair per line.
 
     Args:
@@ -70,9 +70,12 @@ def read_pairs(path, *, source_column=0, target_column=1, header=None, delimiter
             `encoding`, or an empty (whitespace-only) side; `"skip"` skips
             such rows and warns with their count and first line numbers.
         encoding: Text encoding of the file.
+        all_targets: Each target is the list of the non-empty columns from
+            `target_column` on (alternative references, for evaluation).
 
     Returns:
-        `(sources, targets)`: two lists of str of equal length.
+        `(sources, targets)`: two lists of equal length, of str (targets: of
+        lists of str with `all_targets`).
 
     Raises:
         FileNotFoundError: If `path` does not exist.
@@ -128,7 +131,8 @@ def read_pairs(path, *, source_column=0, target_column=1, header=None, delimiter
                 source, target = fields[source_index].strip(), fields[target_index].strip()
                 if source and target:
                     sources.append(source)
-                    targets.append(target)
+                    targets.append([f.strip() for f in fields[target_index:] if f.strip()]
+                                   if all_targets else target)
                     continue
                 problem = f"empty {'source' if not source else 'target'}"
             bad.append((number, problem))

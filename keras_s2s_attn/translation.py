@@ -202,18 +202,18 @@ def translate(model_or_run_dir, texts, *, source_tokenizer=None, target_tokenize
     return [text.decode("utf-8") for text in outputs["translation"]]
 
 
-def translate_outputs(path, texts, beam_width=1):
-    """All outputs for `texts` from a run directory or an exported SavedModel.
+def open_translator(path, beam_width=1):
+    """A function `texts -> outputs` for a run directory or an exported SavedModel.
 
     Args:
         path: A run directory (any `beam_width`), `saved_models/NAME` (its
             highest version) or one version directory. An exported model's
             beam width is fixed at export: `beam_width` must be 1 or that.
-        texts: A list of str.
         beam_width: 1 for greedy decoding.
 
     Returns:
-        The output dict of numpy arrays (see `Translator`).
+        A callable taking a list of str and returning the output dict of
+        numpy arrays (see `Translator`).
     """
     import os
 
@@ -222,7 +222,7 @@ def translate_outputs(path, texts, beam_width=1):
     path = os.fspath(path)
     if os.path.exists(os.path.join(path, "config.json")):
         translator = Translator.from_run(path, beam_width=beam_width)
-        return translator(texts, beam=beam_width > 1)
+        return lambda texts: translator(texts, beam=beam_width > 1)
     version_dir = export.latest_version_dir(path)
     signature = "serving_default"
     if beam_width > 1:
@@ -231,6 +231,18 @@ def translate_outputs(path, texts, beam_width=1):
             raise ValueError(f"{version_dir!r} was exported with beam_width={exported}: use "
                              f"--beam {exported} (or 1), or translate with the run directory.")
         signature = "beam_search"
-    model = export.load_saved_model(version_dir)
-    outputs = model.signatures[signature](text=tf.constant(list(texts), tf.string))
-    return {name: value.numpy() for name, value in outputs.items()}
+    function = export.load_saved_model(version_dir).signatures[signature]
+
+    def run(texts):
+        outputs = function(text=tf.constant(list(texts), tf.string, shape=[len(texts)]))
+        return {name: value.numpy() for name, value in outputs.items()}
+
+    return run
+
+
+def translate_outputs(path, texts, beam_width=1):
+    """All outputs for `texts` from a run directory or an exported SavedModel.
+
+    See `open_translator`; this opens the model for one call.
+    """
+    return open_translator(path, beam_width)(texts)

@@ -1,0 +1,53 @@
+import pytest
+
+from keras_s2s_attn.evaluation import error_rate, evaluate_texts, sequence_error_rate
+
+
+def test_wer_counts_a_word_right_if_it_matches_any_reference():
+    hypotheses = ["R IY D", "R EH D", "L IY D", "K AE T"]
+    references = [["R IY D", "R EH D"], ["R IY D", "R EH D"], ["R IY D"], ["K AE T"]]
+    # "L IY D" alone is wrong: 1 of 4.
+    assert sequence_error_rate(hypotheses, references) == 0.25
+    scores = evaluate_texts(hypotheses, references, ["wer", "exact"])
+    assert scores == {"wer": 0.25, "exact": 0.75}
+
+
+def test_per_uses_the_closest_reference_and_its_length():
+    # "L IY D" vs "R IY D": 1 substitution over 3 phones. vs "R EH D" it would be 2.
+    assert error_rate(["L IY D"], [["R EH D", "R IY D"]]) == pytest.approx(1 / 3)
+    # Summed over words: (1 + 0 + 2) / (3 + 2 + 4); insertion and deletion count 1 each.
+    hypotheses = ["L IY D", "AH B", "K AE T S IH"]
+    references = [["R IY D"], ["AH B"], ["K AE T S"]]
+    # "K AE T S IH" vs "K AE T S": one insertion = 1, so total (1 + 0 + 1) / (3 + 2 + 4).
+    assert error_rate(hypotheses, references) == pytest.approx(2 / 9)
+    assert error_rate(["", "AH"], [["AH B"], ["AH"]]) == pytest.approx(2 / 3)  # deletions
+
+
+def test_cer_on_characters():
+    # "kitten" -> "sitting": 3 edits over 7 reference characters.
+    assert error_rate(["kitten"], [["sitting"]], unit="char") == pytest.approx(3 / 7)
+    assert evaluate_texts(["kitten"], [["sitting"]], ["cer"]) == {"cer": pytest.approx(3 / 7)}
+
+
+def test_bleu_and_chrf_through_sacrebleu():
+    import sacrebleu
+
+    hypotheses = ["the cat sat on the mat", "a dog ran"]
+    references = [["the cat sat on the mat"], ["the dog ran", "a dog ran fast"]]
+    scores = evaluate_texts(hypotheses, references, ["bleu", "chrf"])
+    streams = [["the cat sat on the mat", "the dog ran"],
+               ["the cat sat on the mat", "a dog ran fast"]]
+    assert scores["bleu"] == pytest.approx(sacrebleu.corpus_bleu(hypotheses, streams).score)
+    assert scores["chrf"] == pytest.approx(sacrebleu.corpus_chrf(hypotheses, streams).score)
+    assert evaluate_texts(["a b c d"], [["a b c d"]], ["bleu"])["bleu"] == pytest.approx(100.0)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="Unknown metric.*'bleu'"):
+        evaluate_texts(["a"], [["a"]], ["meteor"])
+    with pytest.raises(ValueError, match="2 hypotheses for 1"):
+        evaluate_texts(["a", "b"], [["a"]])
+    with pytest.raises(ValueError, match=r"references\[0\] is empty"):
+        evaluate_texts(["a"], [[]])
+    with pytest.raises(ValueError, match="no hypotheses"):
+        evaluate_texts([], [])
