@@ -64,6 +64,9 @@ def _add_train(subparsers):
     parser.add_argument("--header", action="store_true", help="the first row holds names")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--strategy", default="default", choices=["default", "mirrored"])
+    parser.add_argument("--no-lr-decay", action="store_true",
+                        help="keep the learning rate constant (default: halve it when the "
+                             "validation loss stalls)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in --out from its last finished epoch")
     parser.set_defaults(handler=_train)
@@ -88,7 +91,7 @@ def _train(args):
         max_source_length=args.max_source_length, max_target_length=args.max_target_length,
         on_bad_row=args.on_bad_row, source_column=args.source_column,
         target_column=args.target_column, header=args.header or None, seed=args.seed,
-        strategy=args.strategy, resume=args.resume,
+        strategy=args.strategy, resume=args.resume, lr_decay=not args.no_lr_decay,
     )
     print(json.dumps(summary, indent=2))
     return 1 if summary["stopped"] else 0

@@ -70,7 +70,8 @@ def train(train_data, out, *, valid_data=None, tokenizer="char", source_tokenize
           attention="additive", style="bahdanau", input_feeding=True, window=None,
           window_mode="local-p", dropout=0.1, max_source_length=None, max_target_length=None,
           valid_percent=5, on_bad_row="error", source_column=0, target_column=1, header=None,
-          seed=0, strategy="default", resume=False, verbose="auto"):
+          seed=0, strategy="default", resume=False, lr_decay=True, callbacks=(),
+          verbose="auto"):
     """Trains a seq2seq model on text pairs and writes a run directory.
 
     Args:
@@ -94,6 +95,9 @@ def train(train_data, out, *, valid_data=None, tokenizer="char", source_tokenize
             over the GPUs, or over the logical CPUs when there is no GPU).
         resume: Continue the run in `out` from its last finished epoch; the
             model and data options then come from its config.json.
+        lr_decay: Halve the learning rate when the validation loss has not
+            improved for an epoch (`ReduceLROnPlateau`, down to 1e-5).
+        callbacks: More Keras callbacks for `fit`, run after the run's own.
         verbose: Keras `fit` verbosity.
 
     Returns:
@@ -138,7 +142,7 @@ def train(train_data, out, *, valid_data=None, tokenizer="char", source_tokenize
             "max_target_length": max_target_length, "valid_percent": valid_percent,
             "on_bad_row": on_bad_row, "source_column": source_column,
             "target_column": target_column, "header": header, "seed": seed,
-            "strategy": strategy,
+            "strategy": strategy, "lr_decay": lr_decay,
             "model": {"embedding_dim": embedding_dim, "units": units,
                       "encoder_layers": encoder_layers, "decoder_layers": decoder_layers,
                       "cell_type": cell_type, "attention": attention, "style": style,
@@ -210,7 +214,11 @@ def train(train_data, out, *, valid_data=None, tokenizer="char", source_tokenize
     callbacks = [
         RunCheckpoint(out, metrics_file=METRICS_FILE, best_file=BEST_MODEL),
         keras.callbacks.TerminateOnNaN(),
+        *([keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=1,
+                                             min_lr=1e-5, verbose=1)]
+          if config.get("lr_decay", True) else []),
         keras.callbacks.TensorBoard(os.path.join(out, "logs")),
+        *callbacks,
     ]
     start = time.time()
     history = model.fit(train_ds, validation_data=valid_ds, epochs=config["epochs"],

@@ -6,6 +6,8 @@ same graph code serves Python callers (`translator(["text", ...])`,
 a served model answers exactly as the model does in Python.
 """
 
+import os
+
 import tensorflow as tf
 
 from keras_s2s_attn.checks import positive_int
@@ -215,9 +217,7 @@ def open_translator(path, beam_width=1):
         A callable taking a list of str and returning the output dict of
         numpy arrays (see `Translator`).
     """
-    import os
-
-    from keras_s2s_attn import export
+    from keras_s2s_attn import export  # export imports this module
 
     path = os.fspath(path)
     if os.path.exists(os.path.join(path, "config.json")):

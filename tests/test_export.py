@@ -200,3 +200,21 @@ def test_cli_export_and_translate(tiny_run, tmp_path):
     wrong = subprocess.run(["s2s-attn", "translate", str(tmp_path / "rev"), "abc", "--beam", "3"],
                            capture_output=True, text=True, env=env(), timeout=300)
     assert wrong.returncode == 2 and "beam_width=2" in wrong.stderr
+
+
+def test_cli_evaluate_json_and_table(tiny_run, tmp_path):
+    pairs = tmp_path / "test.tsv"
+    # Two references for "abc": the second is right; "ddc" has one wrong reference only.
+    pairs.write_text("abc\tXYZ\tCBA\nhgf\tFGH\nddc\tCDE\n", encoding="utf-8")
+    result = subprocess.run(["s2s-attn", "evaluate", tiny_run, str(pairs), "--references",
+                             "--metrics", "wer,cer,exact,bleu", "--batch-size", "2"],
+                            capture_output=True, text=True, env=env(), timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    scores = json.loads(result.stdout)
+    assert scores["sources"] == 3
+    assert scores["wer"] == pytest.approx(1 / 3) and scores["exact"] == pytest.approx(2 / 3)
+    assert scores["cer"] == pytest.approx(1 / 9)  # "CDD" vs "CDE": 1 edit in 9 characters
+    assert "wer  33.33%" in result.stderr and "3/3" in result.stderr
+    single = subprocess.run(["s2s-attn", "evaluate", tiny_run, str(pairs), "--metrics", "wer"],
+                            capture_output=True, text=True, env=env(), timeout=300)
+    assert json.loads(single.stdout)["wer"] == pytest.approx(2 / 3)  # only column 1 counts

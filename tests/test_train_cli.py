@@ -110,3 +110,31 @@ def test_cli_errors_are_clear(tmp_path):
     assert malformed.returncode == 2 and f"{bad}:2:" in malformed.stderr
     no_run = s2s("train", "--out", str(tmp_path / "r3"), "--resume")
     assert no_run.returncode == 2 and "Cannot resume" in no_run.stderr
+
+
+def test_diverging_run_stops_and_keeps_the_last_good_model(tmp_path):
+    import keras
+    import numpy as np
+
+    from keras_s2s_attn.training import load_run, train
+
+    class Explode(keras.callbacks.Callback):
+        """From the second epoch on, a learning rate no model survives."""
+
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 1:
+                self.model.optimizer.learning_rate.assign(1e30)
+                for variable in self.model.trainable_variables[:1]:
+                    variable.assign(variable * np.float32(np.inf))
+
+    pairs = write_pairs(tmp_path / "pairs.tsv", n=300)
+    run = tmp_path / "run"
+    summary = train(pairs, run, epochs=4, units=16, embedding_dim=8, batch_size=32,
+                    dropout=0.0, lr_decay=False, callbacks=[Explode()], verbose=0)
+    assert summary["stopped"] is not None and "NaN" in summary["stopped"]
+    assert summary["best_epoch"] == 1
+    assert not (run / "model.keras").exists()  # no final model from NaN weights
+    model, _, _, _ = load_run(run)  # the best (epoch 1) model is intact
+    assert all(np.isfinite(w).all() for w in model.get_weights())
+    rows = read_metrics(run / "metrics.csv")
+    assert np.isfinite(float(rows[0]["loss"])) and not np.isfinite(float(rows[-1]["loss"]))
