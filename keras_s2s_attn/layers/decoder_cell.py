@@ -118,7 +118,6 @@ class AttentionDecoderCell(keras.layers.Layer):
         self.style = style
         self.input_feeding = bool(input_feeding) and style == "luong" and attention is not None
         self.attention_layer_size = attention_layer_size
-        self.num_layers = num_layers
         self.dropout = rate(dropout, "dropout")
         self.cell_type = cell_type
         self.cells = self._make_cells(cell_type, units, num_layers)
