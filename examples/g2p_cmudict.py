@@ -27,7 +27,7 @@ def main():
     parser.add_argument("--data", default="data/cmudict")
     parser.add_argument("--run", default="runs/g2p_en")
     parser.add_argument("--name", default="g2p_en")
-    parser.add_argument("--epochs", default="14")
+    parser.add_argument("--epochs", default="16")
     parser.add_argument("--units", default="192")
     parser.add_argument("--beam", default="4")
     args = parser.parse_args()

@@ -255,12 +255,14 @@ def train(train_data, out, *, valid_data=None, tokenizer="char", source_tokenize
     return summary
 
 
-def load_run(run_dir, which="best"):
+def load_run(run_dir, which="best", compile=False):
     """Loads a run's model and tokenizers.
 
     Args:
         run_dir: A directory written by `train`.
         which: `"best"` (lowest validation loss) or `"final"`.
+        compile: Also restore the optimizer, loss and metrics (to train on);
+            off by default, so inference and exports carry no optimizer state.
 
     Returns:
         `(model, source_tokenizer, target_tokenizer, config)`.
@@ -272,5 +274,5 @@ def load_run(run_dir, which="best"):
         raise FileNotFoundError(f"No model at {path!r}: is {run_dir!r} a finished run?")
     with open(os.path.join(run_dir, CONFIG_FILE)) as handle:
         config = json.load(handle)
-    return (keras.saving.load_model(path), load_tokenizer(os.path.join(run_dir, SOURCE_VOCAB)),
+    return (keras.saving.load_model(path, compile=compile), load_tokenizer(os.path.join(run_dir, SOURCE_VOCAB)),
             load_tokenizer(os.path.join(run_dir, TARGET_VOCAB)), config)
