@@ -15,7 +15,7 @@ did, which stock TF Serving lacks).
 import tensorflow as tf
 
 from keras_s2s_attn import models
-from keras_s2s_attn.checks import positive_int
+from keras_s2s_attn.checks import non_negative, positive_int
 from keras_s2s_attn.special_ids import END_ID, PAD_ID, START_ID
 
 # A log-probability for impossible hypotheses: finite, so sums never give NaN.
@@ -119,10 +119,8 @@ class Decoder:
         if num_results > beam_width:
             raise ValueError(f"`num_results` ({num_results}) cannot exceed `beam_width` "
                              f"({beam_width}).")
-        for name, value in (("length_penalty_weight", length_penalty_weight),
-                            ("coverage_penalty_weight", coverage_penalty_weight)):
-            if value < 0:
-                raise ValueError(f"`{name}` must be >= 0. Received: {value!r}")
+        non_negative(length_penalty_weight, "length_penalty_weight")
+        non_negative(coverage_penalty_weight, "coverage_penalty_weight")
         source_ids, max_length = self._check(source_ids, max_output_length)
         # beam_width stays a Python int: top_k's k must be static under XLA.
         result = self._beam(source_ids, max_length, beam_width,

@@ -10,7 +10,7 @@ import os
 
 import tensorflow as tf
 
-from keras_s2s_attn.checks import positive_int
+from keras_s2s_attn.checks import non_negative, positive_int
 from keras_s2s_attn.decoding import Decoder
 from keras_s2s_attn.special_ids import PAD_ID
 
@@ -64,12 +64,9 @@ class Translator:
         self.max_output_length = (None if max_output_length is None
                                   else positive_int(max_output_length, "max_output_length"))
         self.beam_width = positive_int(beam_width, "beam_width")
-        for name, value in (("length_penalty_weight", length_penalty_weight),
-                            ("coverage_penalty_weight", coverage_penalty_weight)):
-            if value < 0:
-                raise ValueError(f"`{name}` must be >= 0. Received: {value!r}")
-        self.length_penalty_weight = float(length_penalty_weight)
-        self.coverage_penalty_weight = float(coverage_penalty_weight)
+        self.length_penalty_weight = non_negative(length_penalty_weight, "length_penalty_weight")
+        self.coverage_penalty_weight = non_negative(coverage_penalty_weight,
+                                                    "coverage_penalty_weight")
         self.decoder = Decoder(model, jit_compile=jit_compile)
         self._encode_graph = tf.function(self.encode_text, reduce_retracing=True)
         self._finish_graph = tf.function(self.finish, reduce_retracing=True)
