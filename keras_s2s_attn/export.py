@@ -174,7 +174,10 @@ def export_saved_model(model_or_run_dir, export_dir="saved_models/model", versio
                               "the next one.")
 
     archive = keras.export.ExportArchive()
-    archive.track(translator.model)
+    # The endpoints' own variables are saved through them. Tracking the model
+    # as well would save each variable a second time (Keras 3.15 saves the
+    # Keras variable and the tf.Variable under it as two objects), doubling
+    # the SavedModel. The tokenizers are tracked for their lookup tables.
     archive.track(translator.source_tokenizer)
     archive.track(translator.target_tokenizer)
     spec = [tf.TensorSpec([None], tf.string, name="text")]

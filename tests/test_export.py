@@ -87,6 +87,18 @@ def test_layout_assets_and_warmup_requests(exported, tiny_run):
     assert export.read_export_info(path)["beam_width"] == 3
 
 
+def test_each_weight_is_saved_once(exported, tiny_run):
+    """The SavedModel holds the model's weights once, not a second copy per variable."""
+    _, path = exported
+    reader = tf.train.load_checkpoint(os.path.join(path, "variables", "variables"))
+    saved = reader.get_variable_to_shape_map()
+    floats = {key: shape for key, shape in saved.items()
+              if reader.get_variable_to_dtype_map()[key].is_floating}
+    model, _, _, _ = load_run(tiny_run)
+    assert sorted(int(np.prod(shape)) for shape in floats.values()) == sorted(
+        int(np.prod(w.shape)) for w in model.weights)
+
+
 def test_fresh_process_equals_python_greedy_and_beam(exported, tiny_run):
     _, path = exported
     translator = Translator.from_run(tiny_run, beam_width=3)
