@@ -47,6 +47,10 @@ def _add_train(subparsers):
     parser.add_argument("--units", type=_positive_int, default=256)
     parser.add_argument("--layers", type=_positive_int, default=1,
                         help="encoder and decoder layers")
+    parser.add_argument("--encoder-layers", type=_positive_int,
+                        help="bidirectional encoder layers (default: --layers)")
+    parser.add_argument("--decoder-layers", type=_positive_int,
+                        help="stacked decoder layers (default: --layers)")
     parser.add_argument("--cell", default="gru", choices=["gru", "lstm"])
     parser.add_argument("--attention", default="additive",
                         help="additive, dot, general, concat, scaled_dot, location, or none")
@@ -84,7 +88,8 @@ def _train(args):
         max_vocab_size=args.max_vocab_size, min_count=args.min_count, epochs=args.epochs,
         batch_size=args.batch_size, learning_rate=args.learning_rate,
         label_smoothing=args.label_smoothing, embedding_dim=args.embedding_dim,
-        units=args.units, encoder_layers=args.layers, decoder_layers=args.layers,
+        units=args.units, encoder_layers=args.encoder_layers or args.layers,
+        decoder_layers=args.decoder_layers or args.layers,
         cell_type=args.cell, attention=None if args.attention == "none" else args.attention,
         style=args.style, input_feeding=not args.no_input_feeding, window=args.window,
         window_mode=args.window_mode, dropout=args.dropout,

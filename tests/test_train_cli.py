@@ -29,7 +29,7 @@ def test_train_writes_a_complete_run_directory(tmp_path):
     pairs = write_pairs(tmp_path / "pairs.tsv")
     run = tmp_path / "runs" / "demo"
     result = s2s("train", "--train", pairs, "--tokenizer", "char", "--out", str(run),
-                 "--epochs", "4", *SMALL, "--learning-rate", "0.01")
+                 "--epochs", "4", *SMALL, "--learning-rate", "0.01", "--encoder-layers", "2")
     assert result.returncode == 0, result.stderr[-3000:]
     for name in ("config.json", "best.keras", "model.keras", "metrics.csv",
                  "source_vocab", "target_vocab", "logs"):
@@ -37,6 +37,8 @@ def test_train_writes_a_complete_run_directory(tmp_path):
     assert not (run / "backup").exists()  # removed once the run finished
     config = json.loads((run / "config.json").read_text())
     assert config["model"]["units"] == 32 and config["epochs"] == 4
+    # --encoder-layers overrides --layers for the encoder only.
+    assert (config["model"]["encoder_layers"], config["model"]["decoder_layers"]) == (2, 1)
     assert config["source_tokenizer"] == "char" and config["source_vocab_size"] == 4 + 8
     rows = read_metrics(run / "metrics.csv")
     assert [int(r["epoch"]) for r in rows] == [0, 1, 2, 3]
