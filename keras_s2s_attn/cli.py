@@ -108,7 +108,9 @@ def _add_export(subparsers):
         description="Export a run's model with its tokenizers as saved_models/NAME/<version>/: "
                     "strings in, translations and attention out (greedy 'serving_default' and "
                     "'beam_search' signatures), with TF Serving warm-up requests.")
-    parser.add_argument("run_dir")
+    parser.add_argument("run_dir", nargs="+",
+                        help="a run directory; several (with the same tokenizers) export "
+                             "their ensemble, which averages the models' probabilities")
     parser.add_argument("--name", required=True, help="model name (the directory under "
                                                       "--export-dir)")
     parser.add_argument("--export-dir", default="saved_models")
@@ -131,7 +133,8 @@ def _export(args):
                "max_output_length": args.max_output_length}
     if args.max_source_length:
         options["max_source_length"] = args.max_source_length
-    path = export_saved_model(args.run_dir, os.path.join(args.export_dir, args.name),
+    runs = args.run_dir[0] if len(args.run_dir) == 1 else args.run_dir
+    path = export_saved_model(runs, os.path.join(args.export_dir, args.name),
                               version=args.version, which=args.which, **options)
     print(path)
     return 0

@@ -221,8 +221,9 @@ class Decoder:
         def tile(x):  # (batch, ...) -> (batch * beam, ...), beams of a row adjacent
             return tf.repeat(x, beam_width, axis=0)
 
-        memory, mask, prepared = tile(memory), tile(mask), tile(prepared)
-        states = [tile(s) for s in states]
+        # Nested structures: an ensemble has one memory and state list per member.
+        memory, mask, prepared, states = tf.nest.map_structure(
+            tile, (memory, mask, prepared, states))
         real = tf.cast(tf.reshape(mask, (batch, beam_width, -1)), tf.float32)
 
         def penalised(log_probs, produced, coverage, complete):
@@ -264,7 +265,7 @@ class Decoder:
             produced = gather(new_produced, parents)
             coverage = gather(new_coverage, parents)
             flat_parents = tf.reshape(parents + tf.range(batch)[:, None] * beam_width, [flat])
-            states = [tf.gather(s, flat_parents) for s in states]
+            states = tf.nest.map_structure(lambda s: tf.gather(s, flat_parents), states)
             return (t + 1, chosen, states, finished, scores, produced, coverage,
                     _write(token_buf, t, chosen), _write(parent_buf, t, parents),
                     _write(attention_buf, t, gather(weights, parents)))
@@ -307,3 +308,60 @@ class Decoder:
         return (tf.transpose(ids, (1, 2, 0)), tf.gather(lengths, order, batch_dims=1),
                 tf.gather(scores, order, batch_dims=1), tf.gather(ranking, order, batch_dims=1),
                 tf.transpose(attention, (1, 2, 0, 3)), steps)
+
+
+class EnsembleDecoder(Decoder):
+    """Decodes with several models at once, as one model whose next-token
+    distribution is the mean of theirs.
+
+    Each model runs its own encoder and decoder cell; at every step the
+    members' probabilities are averaged (log of the mean probability, as
+    fairseq and Marian ensembles do), so greedy and beam search pick tokens
+    all members agree on most. The attention map returned is the mean of the
+    members' maps (still summing to 1 over the real source positions). The
+    members must share the source and target vocabularies: train them on the
+    same data with the same tokenizer kinds (`train` builds the same
+    vocabularies from the same pairs).
+
+    Args:
+        models: Two or more models from `build_seq2seq_model` (any sizes,
+            cells and attention scores).
+        start_id, end_id, jit_compile: As in `Decoder`.
+
+    Example:
+
+    >>> ensemble = EnsembleDecoder([model_a, model_b])
+    >>> ensemble.greedy(np.array([[5, 6, 7]]), max_output_length=10)["ids"]
+    """
+
+    def __init__(self, models, start_id=START_ID, end_id=END_ID, jit_compile=False):
+        models = list(models)
+        if len(models) < 2:
+            raise ValueError(f"`models` must hold at least 2 models for an ensemble; got "
+                             f"{len(models)} (use `Decoder` for one).")
+        self.members = [Decoder(model, start_id, end_id) for model in models]
+        sizes = [(m.encoder.embedding.input_dim, m.projection.units) for m in self.members]
+        if len(set(sizes)) != 1:
+            raise ValueError("The ensemble's models must share their vocabularies; got "
+                             "(source, target) vocabulary sizes " + ", ".join(map(str, sizes)))
+        super().__init__(models[0], start_id, end_id, jit_compile)
+        self.models = models
+
+    def encode(self, source_ids):
+        """Each member's encoder: `(memories, mask, prepared memories, states)`."""
+        encoded = [member.encode(source_ids) for member in self.members]
+        memory = tuple(e[0] for e in encoded)
+        prepared = tuple(e[2] for e in encoded)
+        states = tuple(e[3] for e in encoded)
+        return memory, encoded[0][1], prepared, states
+
+    def step(self, tokens, states, memory, mask, prepared, t):
+        """One step of every member; log of the mean probability, mean attention."""
+        steps = [member.step(tokens, member_states, member_memory, mask, member_prepared, t)
+                 for member, member_states, member_memory, member_prepared
+                 in zip(self.members, states, memory, prepared)]
+        count = float(len(steps))
+        log_probs = (tf.reduce_logsumexp(tf.stack([s[0] for s in steps]), axis=0)
+                     - tf.math.log(count))
+        weights = tf.add_n([s[1] for s in steps]) / count
+        return log_probs, weights, tuple(s[2] for s in steps)

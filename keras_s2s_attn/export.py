@@ -119,6 +119,13 @@ def read_export_info(version_dir):
         return json.load(handle)
 
 
+def _is_run_dirs(value):
+    """A run directory, or a non-empty list of them (rather than models)."""
+    if isinstance(value, (list, tuple)):
+        return bool(value) and all(_is_run_dirs(item) for item in value)
+    return isinstance(value, (str, bytes)) or hasattr(value, "__fspath__")
+
+
 def export_saved_model(model_or_run_dir, export_dir="saved_models/model", version=None, *,
                        source_tokenizer=None, target_tokenizer=None, which="best",
                        warmup_texts=None, **translator_options):
@@ -131,6 +138,8 @@ def export_saved_model(model_or_run_dir, export_dir="saved_models/model", versio
     Args:
         model_or_run_dir: A run directory from `train` (its best model by
             default, see `which`), or a model (then pass both tokenizers).
+            A list of run directories (or of models) exports their ensemble:
+            one signature decoding with the mean of their probabilities.
         export_dir: The model's base path, `saved_models/NAME`; NAME is the
             model name in the warm-up requests.
         version: An integer version; default the next one after the highest
@@ -154,7 +163,7 @@ def export_saved_model(model_or_run_dir, export_dir="saved_models/model", versio
     >>> export_saved_model("runs/g2p", "saved_models/g2p_en")
     'saved_models/g2p_en/1'
     """
-    if isinstance(model_or_run_dir, (str, bytes)) or hasattr(model_or_run_dir, "__fspath__"):
+    if _is_run_dirs(model_or_run_dir):
         translator = Translator.from_run(model_or_run_dir, which=which, **translator_options)
     else:
         if source_tokenizer is None or target_tokenizer is None:

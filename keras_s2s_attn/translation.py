@@ -11,7 +11,7 @@ import os
 import tensorflow as tf
 
 from keras_s2s_attn.checks import non_negative, positive_int
-from keras_s2s_attn.decoding import Decoder
+from keras_s2s_attn.decoding import Decoder, EnsembleDecoder
 from keras_s2s_attn.special_ids import PAD_ID
 
 DEFAULT_MAX_SOURCE_LENGTH = 256
@@ -23,7 +23,8 @@ class Translator:
     """A trained model with its tokenizers: strings to translations and attention.
 
     Args:
-        model: A model from `build_seq2seq_model`.
+        model: A model from `build_seq2seq_model`, or a list of such models
+            sharing the tokenizers, decoded as one ensemble (`EnsembleDecoder`).
         source_tokenizer, target_tokenizer: The run's adapted tokenizers.
         max_source_length: Source tokens kept per input; longer inputs are
             cut and flagged in `truncated`.
@@ -67,29 +68,50 @@ class Translator:
         self.length_penalty_weight = non_negative(length_penalty_weight, "length_penalty_weight")
         self.coverage_penalty_weight = non_negative(coverage_penalty_weight,
                                                     "coverage_penalty_weight")
-        self.decoder = Decoder(model, jit_compile=jit_compile)
+        if isinstance(model, (list, tuple)):
+            self.decoder = (Decoder(model[0], jit_compile=jit_compile) if len(model) == 1
+                            else EnsembleDecoder(model, jit_compile=jit_compile))
+        else:
+            self.decoder = Decoder(model, jit_compile=jit_compile)
         self._encode_graph = tf.function(self.encode_text, reduce_retracing=True)
         self._finish_graph = tf.function(self.finish, reduce_retracing=True)
 
     def settings(self):
         """The decoding settings, as a JSON-able dict."""
-        return {"max_source_length": self.max_source_length,
+        return {"ensemble_size": len(getattr(self.decoder, "members", [None])),
+                "max_source_length": self.max_source_length,
                 "max_output_length": self.max_output_length, "beam_width": self.beam_width,
                 "length_penalty_weight": self.length_penalty_weight,
                 "coverage_penalty_weight": self.coverage_penalty_weight}
 
     @classmethod
     def from_run(cls, run_dir, which="best", **kwargs):
-        """A translator for a run directory written by `train`.
+        """A translator for a run directory written by `train`, or an ensemble
+        of several (a list of run directories with the same tokenizers).
 
-        `max_source_length` defaults to the run's own, else 256.
+        `max_source_length` defaults to the (first) run's own, else 256.
         """
         from keras_s2s_attn.training import load_run
 
-        model, source_tokenizer, target_tokenizer, config = load_run(run_dir, which=which)
+        run_dirs = [run_dir] if isinstance(run_dir, (str, bytes, os.PathLike)) else list(run_dir)
+        if not run_dirs:
+            raise ValueError("`run_dir` must be a run directory or a non-empty list of them.")
+        runs = [load_run(path, which=which) for path in run_dirs]
+        _, source_tokenizer, target_tokenizer, config = runs[0]
+        for path, (_, source, target, _) in zip(run_dirs[1:], runs[1:]):
+            for side, mine, first in (("source", source, source_tokenizer),
+                                      ("target", target, target_tokenizer)):
+                if (mine.get_config(), mine.vocabulary) != (first.get_config(),
+                                                            first.vocabulary):
+                    raise ValueError(
+                        f"An ensemble's runs must share their tokenizers: the {side} "
+                        f"tokenizer of {os.fspath(path)!r} differs from that of "
+                        f"{os.fspath(run_dirs[0])!r} ({mine!r} vs {first!r}).")
         kwargs.setdefault("max_source_length",
                           config.get("max_source_length") or DEFAULT_MAX_SOURCE_LENGTH)
-        return cls(model, source_tokenizer, target_tokenizer, **kwargs)
+        models = [model for model, _, _, _ in runs]
+        return cls(models if len(models) > 1 else models[0], source_tokenizer,
+                   target_tokenizer, **kwargs)
 
     # ------------------------------------------------------------ graph parts
     def encode_text(self, text):

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from keras_s2s_attn import build_seq2seq_model
-from keras_s2s_attn.decoding import Decoder
+from keras_s2s_attn.decoding import Decoder, EnsembleDecoder
 from keras_s2s_attn.special_ids import END_ID, START_ID
 
 
@@ -153,3 +153,63 @@ def test_bad_decoding_arguments():
         decoder.greedy(SOURCES[0])
     with pytest.raises(ValueError, match="integer"):
         decoder.greedy(SOURCES.astype("float32"))
+
+
+def numpy_ensemble_greedy(models, source_ids, max_length):
+    """Reference: every model re-run on the growing prefix, argmax of the mean probability."""
+    targets = np.full((len(source_ids), 1), START_ID, np.int32)
+    finished = np.zeros(len(source_ids), bool)
+    scores = np.zeros(len(source_ids))
+    for _ in range(max_length):
+        probs = np.mean([keras.ops.convert_to_numpy(keras.ops.softmax(
+            model({"source_ids": source_ids, "target_ids": targets})[:, -1]))
+            for model in models], axis=0)
+        chosen = np.where(finished, 0, probs.argmax(-1))
+        scores += np.where(finished, 0.0, np.log(probs.max(-1)))
+        finished |= chosen == END_ID
+        targets = np.concatenate([targets, chosen[:, None]], 1)
+        if finished.all():
+            break
+    return targets[:, 1:], scores
+
+
+def test_ensemble_greedy_follows_the_mean_probability():
+    first = untrained()
+    keras.utils.set_random_seed(4)
+    second = build_seq2seq_model(12, 12, embedding_dim=8, units=16, dropout=0.0,
+                                 attention="general", style="luong", cell_type="lstm")
+    models = [first, second]
+    ensemble = EnsembleDecoder(models)
+    result = ensemble.greedy(SOURCES, max_output_length=7)
+    ids, scores = numpy_ensemble_greedy(models, SOURCES, 7)
+    np.testing.assert_array_equal(result["ids"], ids)
+    np.testing.assert_allclose(result["scores"], scores, rtol=1e-5, atol=1e-5)
+    # Neither member alone decodes like the ensemble (so the test can tell them apart).
+    for model in models:
+        assert not np.array_equal(Decoder(model).greedy(SOURCES, max_output_length=7)["ids"],
+                                  result["ids"])
+    # The attention map is the members' mean: rows still sum to 1 over real positions.
+    attention = np.asarray(result["attention"])
+    produced = np.asarray(result["ids"]) != 0
+    np.testing.assert_allclose(attention.sum(-1)[produced], 1.0, atol=1e-5)
+    padding = np.broadcast_to((SOURCES == 0)[:, None], attention.shape)
+    assert np.all(attention[padding] == 0)
+
+
+def test_ensemble_of_one_model_twice_equals_the_model(reversal_model):
+    model, (inputs, _) = reversal_model
+    sources = inputs["source_ids"][:32]
+    single = Decoder(model).beam_search(sources, beam_width=3, max_output_length=30,
+                                        length_penalty_weight=0.6)
+    double = EnsembleDecoder([model, model]).beam_search(
+        sources, beam_width=3, max_output_length=30, length_penalty_weight=0.6)
+    np.testing.assert_array_equal(single["ids"], double["ids"])
+    np.testing.assert_allclose(single["scores"], double["scores"], atol=1e-4)
+    np.testing.assert_allclose(single["attention"], double["attention"], atol=1e-5)
+
+
+def test_ensemble_needs_shared_vocabularies_and_two_models():
+    with pytest.raises(ValueError, match="share their vocabularies"):
+        EnsembleDecoder([untrained(), build_seq2seq_model(13, 12, units=8, embedding_dim=4)])
+    with pytest.raises(ValueError, match="at least 2"):
+        EnsembleDecoder([untrained()])

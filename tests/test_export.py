@@ -230,3 +230,55 @@ def test_cli_evaluate_json_and_table(tiny_run, tmp_path):
     single = subprocess.run(["s2s-attn", "evaluate", tiny_run, str(pairs), "--metrics", "wer"],
                             capture_output=True, text=True, env=env(), timeout=300)
     assert json.loads(single.stdout)["wer"] == pytest.approx(2 / 3)  # only column 1 counts
+
+
+def perturbed_copy(run_dir, destination, seed):
+    """A second run with the same tokenizers and a different model (noised weights)."""
+    import shutil
+
+    import keras
+
+    shutil.copytree(run_dir, destination)
+    model, _, _, _ = load_run(run_dir)
+    rng = np.random.default_rng(seed)
+    model.set_weights([w + rng.normal(0.0, 0.3 * (np.std(w) + 1e-3), w.shape).astype(w.dtype)
+                       for w in model.get_weights()])
+    keras.saving.save_model(model, os.path.join(destination, "best.keras"))
+    return str(destination)
+
+
+def test_ensemble_export_equals_python_ensemble(tiny_run, tmp_path):
+    other = perturbed_copy(tiny_run, tmp_path / "other_run", seed=0)
+    result = subprocess.run(["s2s-attn", "export", tiny_run, other, "--name", "ens",
+                             "--export-dir", str(tmp_path), "--beam-width", "3"],
+                            capture_output=True, text=True, env=env(), timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    path = result.stdout.strip().splitlines()[-1]
+    assert export.read_export_info(path)["ensemble_size"] == 2
+    translator = Translator.from_run([tiny_run, other], beam_width=3)
+    for signature, beam in (("serving_default", False), ("beam_search", True)):
+        local = translator(TEXTS, beam=beam)
+        assert_same(run_in_fresh_python(path, signature, as_bytes(TEXTS)), local)
+    # Neither member alone scores like the ensemble.
+    ensemble_scores = translator(TEXTS)["score"]
+    for member in (tiny_run, other):
+        assert not np.allclose(Translator.from_run(member)(TEXTS)["score"], ensemble_scores,
+                               atol=1e-3)
+    # Both members' weights are in the SavedModel, once each.
+    reader = tf.train.load_checkpoint(os.path.join(path, "variables", "variables"))
+    dtypes = reader.get_variable_to_dtype_map()
+    saved = sum(int(np.prod(shape)) for key, shape in reader.get_variable_to_shape_map().items()
+                if dtypes[key].is_floating)
+    model, _, _, _ = load_run(tiny_run)
+    assert saved == 2 * model.count_params()
+
+
+def test_ensemble_refuses_runs_with_other_tokenizers(tiny_run, tmp_path):
+    other = tmp_path / "other_run"
+    perturbed_copy(tiny_run, other, seed=1)
+    vocab = other / "source_vocab" / "vocab.txt"
+    lines = vocab.read_text(encoding="utf-8").splitlines()
+    lines[-1], lines[-2] = lines[-2], lines[-1]  # same size, other ids
+    vocab.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="share their tokenizers.*source tokenizer.*other_run"):
+        Translator.from_run([tiny_run, str(other)])
