@@ -345,7 +345,6 @@ class EnsembleDecoder(Decoder):
             raise ValueError("The ensemble's models must share their vocabularies; got "
                              "(source, target) vocabulary sizes " + ", ".join(map(str, sizes)))
         super().__init__(models[0], start_id, end_id, jit_compile)
-        self.models = models
 
     def encode(self, source_ids):
         """Each member's encoder: `(memories, mask, prepared memories, states)`."""

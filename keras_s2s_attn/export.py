@@ -29,7 +29,7 @@ import tensorflow as tf
 
 from keras_s2s_attn.checks import positive_int
 from keras_s2s_attn.special_ids import NUM_RESERVED
-from keras_s2s_attn.translation import Translator
+from keras_s2s_attn.translation import Translator, is_run_dirs
 
 SIGNATURES = ("serving_default", "beam_search")
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
@@ -119,13 +119,6 @@ def read_export_info(version_dir):
         return json.load(handle)
 
 
-def _is_run_dirs(value):
-    """A run directory, or a non-empty list of them (rather than models)."""
-    if isinstance(value, (list, tuple)):
-        return bool(value) and all(_is_run_dirs(item) for item in value)
-    return isinstance(value, (str, bytes)) or hasattr(value, "__fspath__")
-
-
 def export_saved_model(model_or_run_dir, export_dir="saved_models/model", version=None, *,
                        source_tokenizer=None, target_tokenizer=None, which="best",
                        warmup_texts=None, **translator_options):
@@ -163,7 +156,7 @@ def export_saved_model(model_or_run_dir, export_dir="saved_models/model", versio
     >>> export_saved_model("runs/g2p", "saved_models/g2p_en")
     'saved_models/g2p_en/1'
     """
-    if _is_run_dirs(model_or_run_dir):
+    if is_run_dirs(model_or_run_dir):
         translator = Translator.from_run(model_or_run_dir, which=which, **translator_options)
     else:
         if source_tokenizer is None or target_tokenizer is None:

@@ -19,6 +19,13 @@ OUTPUT_NAMES = ("translation", "score", "attention", "source_tokens", "target_to
                 "truncated")
 
 
+def is_run_dirs(value):
+    """True for a run directory (a path) or a non-empty list of them, False for models."""
+    if isinstance(value, (list, tuple)):
+        return bool(value) and all(is_run_dirs(item) for item in value)
+    return isinstance(value, (str, bytes, os.PathLike))
+
+
 class Translator:
     """A trained model with its tokenizers: strings to translations and attention.
 
@@ -93,9 +100,10 @@ class Translator:
         """
         from keras_s2s_attn.training import load_run
 
-        run_dirs = [run_dir] if isinstance(run_dir, (str, bytes, os.PathLike)) else list(run_dir)
-        if not run_dirs:
-            raise ValueError("`run_dir` must be a run directory or a non-empty list of them.")
+        if not is_run_dirs(run_dir):
+            raise ValueError("`run_dir` must be a run directory or a non-empty list of them; "
+                             f"got {run_dir!r}.")
+        run_dirs = list(run_dir) if isinstance(run_dir, (list, tuple)) else [run_dir]
         runs = [load_run(path, which=which) for path in run_dirs]
         _, source_tokenizer, target_tokenizer, config = runs[0]
         for path, (_, source, target, _) in zip(run_dirs[1:], runs[1:]):
@@ -109,9 +117,8 @@ class Translator:
                         f"{os.fspath(run_dirs[0])!r} ({mine!r} vs {first!r}).")
         kwargs.setdefault("max_source_length",
                           config.get("max_source_length") or DEFAULT_MAX_SOURCE_LENGTH)
-        models = [model for model, _, _, _ in runs]
-        return cls(models if len(models) > 1 else models[0], source_tokenizer,
-                   target_tokenizer, **kwargs)
+        return cls([model for model, _, _, _ in runs], source_tokenizer, target_tokenizer,
+                   **kwargs)
 
     # ------------------------------------------------------------ graph parts
     def encode_text(self, text):
@@ -197,8 +204,8 @@ def translate(model_or_run_dir, texts, *, source_tokenizer=None, target_tokenize
     """Translates `texts` with a model (and its tokenizers) or a run directory.
 
     Args:
-        model_or_run_dir: A run directory from `train`, or a model (then pass
-            both tokenizers).
+        model_or_run_dir: A run directory from `train` (or a list of them,
+            decoded as their ensemble), or a model (then pass both tokenizers).
         texts: A str or a list of str.
         beam_width: 1 for greedy decoding, more for beam search.
         **kwargs: `Translator` options (`max_source_length`, `jit_compile`, ...).
@@ -212,7 +219,7 @@ def translate(model_or_run_dir, texts, *, source_tokenizer=None, target_tokenize
     ['AH T EH N SH AH N', 'S IY K T UW S IY K']
     """
     kwargs["beam_width"] = beam_width
-    if isinstance(model_or_run_dir, (str, bytes)) or hasattr(model_or_run_dir, "__fspath__"):
+    if is_run_dirs(model_or_run_dir):
         translator = Translator.from_run(model_or_run_dir, **kwargs)
     else:
         if source_tokenizer is None or target_tokenizer is None:

@@ -1,11 +1,13 @@
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import textwrap
 import time
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -234,10 +236,6 @@ def test_cli_evaluate_json_and_table(tiny_run, tmp_path):
 
 def perturbed_copy(run_dir, destination, seed):
     """A second run with the same tokenizers and a different model (noised weights)."""
-    import shutil
-
-    import keras
-
     shutil.copytree(run_dir, destination)
     model, _, _, _ = load_run(run_dir)
     rng = np.random.default_rng(seed)
