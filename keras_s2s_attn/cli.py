@@ -143,10 +143,16 @@ def _export(args):
 def _add_translate(subparsers):
     parser = subparsers.add_parser(
         "translate", help="translate text with an exported model or a run",
-        description="Translate each TEXT with saved_models/NAME (its highest version) or a "
-                    "run directory; prints one translation per line.")
+        description="Translate each TEXT (or each line of --input) with saved_models/NAME "
+                    "(its highest version) or a run directory; prints one translation per "
+                    "line, in order.")
     parser.add_argument("model", help="saved_models/NAME, a version directory, or a run dir")
-    parser.add_argument("texts", nargs="+", metavar="TEXT")
+    parser.add_argument("texts", nargs="*", metavar="TEXT")
+    parser.add_argument("--input", metavar="FILE",
+                        help="translate every line of FILE (UTF-8; - for stdin) instead of "
+                             "TEXT arguments; an empty line gets an empty translation")
+    parser.add_argument("--batch-size", type=_positive_int, default=256,
+                        help="texts decoded at once (default 256)")
     parser.add_argument("--beam", type=_positive_int, default=1,
                         help="beam width (an exported model has its width fixed at export)")
     parser.add_argument("--json", action="store_true", help="print every output as JSON")
@@ -155,15 +161,54 @@ def _add_translate(subparsers):
     parser.set_defaults(handler=_translate)
 
 
-def _translate(args):
-    from keras_s2s_attn.translation import translate_outputs
+def _read_lines(path):
+    """The lines of a UTF-8 file (or stdin for "-"), without their line ends.
 
-    outputs = translate_outputs(args.model, args.texts, beam_width=args.beam)
+    Only "\n" (and "\r\n") end a line: `str.splitlines` would also split at
+    U+2028 and other separators inside a text and misalign the outputs.
+    """
+    if path == "-":
+        text = sys.stdin.read()
+    elif not os.path.isfile(path):
+        raise FileNotFoundError(f"--input: no such file {path!r}")
+    else:
+        with open(path, encoding="utf-8", newline="") as handle:
+            text = handle.read()
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    return [line.removesuffix("\r") for line in lines]
+
+
+def _in_batches(run, texts, batch_size, progress=False):
+    """Yields `run`'s output dict for each batch of `texts`, in order."""
+    for start in range(0, len(texts), batch_size):
+        yield run(texts[start: start + batch_size])
+        if progress:
+            done = min(start + batch_size, len(texts))
+            bar = "#" * (30 * done // len(texts))
+            print(f"\r[{bar:<30}] {done}/{len(texts)}", end="", file=sys.stderr, flush=True)
+    if progress:
+        print(file=sys.stderr)
+
+
+def _translate(args):
+    from keras_s2s_attn.translation import open_translator
+
+    if args.input is not None and args.texts:
+        raise ValueError("Give TEXT arguments or --input FILE, not both.")
+    texts = _read_lines(args.input) if args.input is not None else args.texts
+    if not texts:
+        raise ValueError(f"--input: {args.input!r} holds no lines to translate."
+                         if args.input is not None else "Give at least one TEXT (or --input).")
+    run = open_translator(args.model, beam_width=args.beam)
+    batches = list(_in_batches(run, texts, args.batch_size, progress=args.input is not None))
     if args.plot:
         from keras_s2s_attn.plotting import plot_attention_maps
 
+        rows = [(outputs, i) for outputs in batches for i in range(len(outputs["translation"]))]
         maps = [(outputs["attention"][i], outputs["source_tokens"][i],
-                 outputs["target_tokens"][i], text) for i, text in enumerate(args.texts)
+                 outputs["target_tokens"][i], text) for (outputs, i), text in zip(rows, texts)
                 if any(outputs["target_tokens"][i]) and any(outputs["source_tokens"][i])]
         if not maps:
             raise ValueError("Nothing to plot: every text was empty.")
@@ -172,11 +217,13 @@ def _translate(args):
     if args.json:
         from keras_s2s_attn.serving import format_outputs
 
-        print(json.dumps(format_outputs(outputs, row_format=True)["predictions"],
-                         ensure_ascii=False, indent=1))
+        rows = [row for outputs in batches
+                for row in format_outputs(outputs, row_format=True)["predictions"]]
+        print(json.dumps(rows, ensure_ascii=False, indent=1))
     else:
-        for text in outputs["translation"]:
-            print(text.decode("utf-8"))
+        for outputs in batches:
+            for text in outputs["translation"]:
+                print(text.decode("utf-8"))
     return 0
 
 
@@ -206,14 +253,9 @@ def _evaluate(args):
     sources, references = read_pairs(args.pairs, all_targets=args.references)
     references = [r if args.references else [r] for r in references]
     run = open_translator(args.model, beam_width=args.beam)
-    hypotheses = []
-    for start in range(0, len(sources), args.batch_size):
-        batch = sources[start: start + args.batch_size]
-        hypotheses += [t.decode("utf-8") for t in run(batch)["translation"]]
-        done = len(hypotheses)
-        bar = "#" * (30 * done // len(sources))
-        print(f"\r[{bar:<30}] {done}/{len(sources)}", end="", file=sys.stderr, flush=True)
-    print(file=sys.stderr)
+    hypotheses = [text.decode("utf-8")
+                  for outputs in _in_batches(run, sources, args.batch_size, progress=True)
+                  for text in outputs["translation"]]
     scores = evaluate_texts(hypotheses, references, metrics)
     for name, value in scores.items():
         shown = f"{value:.2f}" if name in ("bleu", "chrf") else f"{100 * value:.2f}%"

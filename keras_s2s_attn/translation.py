@@ -264,11 +264,3 @@ def open_translator(path, beam_width=1):
         return {name: value.numpy() for name, value in outputs.items()}
 
     return run
-
-
-def translate_outputs(path, texts, beam_width=1):
-    """All outputs for `texts` from a run directory or an exported SavedModel.
-
-    See `open_translator`; this opens the model for one call.
-    """
-    return open_translator(path, beam_width)(texts)

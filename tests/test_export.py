@@ -215,6 +215,24 @@ def test_cli_export_and_translate(tiny_run, tmp_path):
                            capture_output=True, text=True, env=env(), timeout=300)
     assert wrong.returncode == 2 and "beam_width=2" in wrong.stderr
 
+    # --input: one translation per line, in order, across batches; empty lines kept.
+    lines = tmp_path / "words.txt"
+    lines.write_bytes("abc\r\n\ndd\nhgf\nx\u2028y\n".encode("utf-8"))
+    batched = s2s("translate", str(tmp_path / "rev"), "--input", str(lines), "--batch-size", "3")
+    assert batched.split("\n")[:4] == ["CBA", "", "DD", "FGH"]
+    assert batched.count("\n") == 5  # U+2028 is inside a line, not a line end
+    rows = json.loads(s2s("translate", str(tmp_path / "rev"), "--input", str(lines), "--json",
+                          "--batch-size", "2"))
+    assert [row["translation"] for row in rows][:4] == ["CBA", "", "DD", "FGH"]
+    assert len(rows) == 5
+    for args, message in [(["abc", "--input", str(lines)], "not both"),
+                          (["--input", str(tmp_path / "missing.txt")], "--input: no such file"),
+                          ([], "at least one TEXT")]:
+        refused = subprocess.run(["s2s-attn", "translate", str(tmp_path / "rev"), *args],
+                                 capture_output=True, text=True, env=env(), timeout=300,
+                                 check=False)
+        assert refused.returncode == 2 and message in refused.stderr, refused.stderr[-2000:]
+
 
 def test_cli_evaluate_json_and_table(tiny_run, tmp_path):
     pairs = tmp_path / "test.tsv"
