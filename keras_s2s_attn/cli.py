@@ -122,6 +122,9 @@ def _add_export(subparsers):
     parser.add_argument("--beam-width", type=_positive_int, default=4)
     parser.add_argument("--length-penalty", type=float, default=0.6)
     parser.add_argument("--coverage-penalty", type=float, default=0.0)
+    parser.add_argument("--weights-dtype", default="float32", choices=["float32", "float16"],
+                        help="float16 stores the weights at half the size; the model still "
+                             "computes in float32")
     parser.set_defaults(handler=_export)
 
 
@@ -135,7 +138,8 @@ def _export(args):
         options["max_source_length"] = args.max_source_length
     runs = args.run_dir[0] if len(args.run_dir) == 1 else args.run_dir
     path = export_saved_model(runs, os.path.join(args.export_dir, args.name),
-                              version=args.version, which=args.which, **options)
+                              version=args.version, which=args.which,
+                              weights_dtype=args.weights_dtype, **options)
     print(path)
     return 0
 
@@ -169,11 +173,12 @@ def _read_lines(path):
     """
     if path == "-":
         text = sys.stdin.read()
-    elif not os.path.isfile(path):
-        raise FileNotFoundError(f"--input: no such file {path!r}")
     else:
-        with open(path, encoding="utf-8", newline="") as handle:
-            text = handle.read()
+        try:  # open() rather than isfile(): pipes such as <(cut -f1 pairs.tsv) are fine
+            with open(path, encoding="utf-8", newline="") as handle:
+                text = handle.read()
+        except (FileNotFoundError, IsADirectoryError):
+            raise FileNotFoundError(f"--input: no such file {path!r}") from None
     lines = text.split("\n")
     if lines[-1] == "":
         lines.pop()

@@ -17,6 +17,7 @@ Signatures: `serving_default` (greedy) and `beam_search`, both with input
 `attention` `(batch, T, S)`, `source_tokens`, `target_tokens`, `truncated`.
 """
 
+import functools
 import json
 import os
 import re
@@ -119,9 +120,41 @@ def read_export_info(version_dir):
         return json.load(handle)
 
 
+WEIGHT_DTYPES = ("float32", "float16")
+
+
+class _StoredWeights(tf.Module):
+    """Copies of models' float weights in another dtype, and a wrapper reading them.
+
+    `wrap(function)` runs `function` with every float variable mapped to its
+    copy cast back to the variable's own dtype (`keras.StatelessScope`), so a
+    graph traced from it captures only the copies: the SavedModel stores
+    `dtype` weights and computes in the dtype the model was trained in.
+    """
+
+    def __init__(self, models, dtype):
+        super().__init__()
+        self._originals = []
+        for model in models:
+            self._originals += [v for v in model.weights if "float" in v.dtype
+                                and all(v is not w for w in self._originals)]
+        with tf.init_scope():
+            self.weights = [tf.Variable(tf.cast(v.value, dtype), trainable=False)
+                            for v in self._originals]
+
+    def wrap(self, function):
+        def call(*args, **kwargs):
+            mapping = [(v, tf.cast(copy, v.dtype))
+                       for v, copy in zip(self._originals, self.weights)]
+            with keras.StatelessScope(state_mapping=mapping):
+                return function(*args, **kwargs)
+
+        return call
+
+
 def export_saved_model(model_or_run_dir, export_dir="saved_models/model", version=None, *,
                        source_tokenizer=None, target_tokenizer=None, which="best",
-                       warmup_texts=None, **translator_options):
+                       warmup_texts=None, weights_dtype="float32", **translator_options):
     """Exports a model with its tokenizers as `export_dir/<version>/`.
 
     The SavedModel is written to a temporary directory beside the target and
@@ -141,6 +174,9 @@ def export_saved_model(model_or_run_dir, export_dir="saved_models/model", versio
         which: With a run directory, `"best"` or `"final"`.
         warmup_texts: Inputs for the warm-up requests; default a few built
             from the source vocabulary.
+        weights_dtype: `"float32"`, or `"float16"` to store the weights at
+            half the size; the graph casts them back and computes in float32
+            (outputs may differ from the trained model's in rare close calls).
         **translator_options: `Translator` options: `max_source_length`,
             `max_output_length`, `beam_width`, `length_penalty_weight`,
             `coverage_penalty_weight`.
@@ -156,6 +192,9 @@ def export_saved_model(model_or_run_dir, export_dir="saved_models/model", versio
     >>> export_saved_model("runs/g2p", "saved_models/g2p_en")
     'saved_models/g2p_en/1'
     """
+    if weights_dtype not in WEIGHT_DTYPES:
+        raise ValueError(f"`weights_dtype` must be one of {WEIGHT_DTYPES}; got "
+                         f"{weights_dtype!r}.")
     if is_run_dirs(model_or_run_dir):
         translator = Translator.from_run(model_or_run_dir, which=which, **translator_options)
     else:
@@ -182,11 +221,17 @@ def export_saved_model(model_or_run_dir, export_dir="saved_models/model", versio
     # the SavedModel. The tokenizers are tracked for their lookup tables.
     archive.track(translator.source_tokenizer)
     archive.track(translator.target_tokenizer)
+    greedy = translator.translate_graph
+    beam = functools.partial(translator.translate_graph, beam=True)
+    if weights_dtype != "float32":
+        models = translator.model if isinstance(translator.model, (list, tuple)) else [
+            translator.model]
+        stored = _StoredWeights(models, weights_dtype)
+        archive.track(stored)
+        greedy, beam = stored.wrap(greedy), stored.wrap(beam)
     spec = [tf.TensorSpec([None], tf.string, name="text")]
-    archive.add_endpoint("serving_default", lambda text: translator.translate_graph(text),
-                         input_signature=spec)
-    archive.add_endpoint("beam_search", lambda text: translator.translate_graph(text, beam=True),
-                         input_signature=spec)
+    archive.add_endpoint("serving_default", lambda text: greedy(text), input_signature=spec)
+    archive.add_endpoint("beam_search", lambda text: beam(text), input_signature=spec)
 
     temporary = os.path.join(export_dir, f".tmp-export-{os.getpid()}-{time.time_ns()}")
     try:

@@ -101,6 +101,37 @@ def test_each_weight_is_saved_once(exported, tiny_run):
         int(np.prod(w.shape)) for w in model.weights)
 
 
+def test_float16_weights_halve_the_variables_and_compute_like_the_rounded_model(
+        exported, tiny_run, tmp_path):
+    path = export.export_saved_model(tiny_run, tmp_path / "half", beam_width=3,
+                                     weights_dtype="float16")
+    reader = tf.train.load_checkpoint(os.path.join(path, "variables", "variables"))
+    dtypes = reader.get_variable_to_dtype_map()
+    floats = {key: shape for key, shape in reader.get_variable_to_shape_map().items()
+              if dtypes[key].is_floating}
+    assert {dtypes[key] for key in floats} == {tf.float16}
+    model, source_tokenizer, target_tokenizer, _ = load_run(tiny_run)
+    translator = Translator(model, source_tokenizer, target_tokenizer, beam_width=3,
+                            max_source_length=Translator.from_run(tiny_run).max_source_length)
+    assert sorted(int(np.prod(shape)) for shape in floats.values()) == sorted(
+        int(np.prod(w.shape)) for w in model.weights)
+
+    def data_bytes(version_dir):
+        folder = os.path.join(version_dir, "variables")
+        return sum(os.path.getsize(os.path.join(folder, name)) for name in os.listdir(folder))
+
+    assert data_bytes(path) < 0.6 * data_bytes(exported[1])
+    # The graph computes in float32 from the rounded weights: exactly what the
+    # Python model does once its weights are rounded to float16 the same way.
+    model.set_weights([w.astype(np.float16).astype(w.dtype) if w.dtype.kind == "f" else w
+                       for w in model.get_weights()])
+    for signature, beam in (("serving_default", False), ("beam_search", True)):
+        assert_same(run_in_fresh_python(path, signature, as_bytes(TEXTS)),
+                    translator(TEXTS, beam=beam))
+    with pytest.raises(ValueError, match="weights_dtype"):
+        export.export_saved_model(tiny_run, tmp_path / "bad", weights_dtype="int8")
+
+
 def test_fresh_process_equals_python_greedy_and_beam(exported, tiny_run):
     _, path = exported
     translator = Translator.from_run(tiny_run, beam_width=3)
