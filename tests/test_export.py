@@ -101,35 +101,58 @@ def test_each_weight_is_saved_once(exported, tiny_run):
         int(np.prod(w.shape)) for w in model.weights)
 
 
-def test_float16_weights_halve_the_variables_and_compute_like_the_rounded_model(
-        exported, tiny_run, tmp_path):
-    path = export.export_saved_model(tiny_run, tmp_path / "half", beam_width=3,
-                                     weights_dtype="float16")
+def stored_like_the_export(weight, dtype):
+    """A numpy reference of the export's weight storage, turned back into float32."""
+    if weight.dtype.kind != "f":
+        return weight
+    if dtype == "int8" and weight.ndim >= 2:  # per output column: w ≈ q · max|w[:, j]| / 127
+        scale = np.abs(weight).max(axis=tuple(range(weight.ndim - 1)))
+        scale = np.where(scale > 0, scale / np.float32(127), np.float32(1)).astype(weight.dtype)
+        quantised = np.round(weight / scale).astype(np.int8)
+        assert np.abs(quantised.astype(np.int32)).max() <= 127
+        return quantised.astype(weight.dtype) * scale
+    return weight.astype(np.float16).astype(weight.dtype)
+
+
+@pytest.mark.parametrize("dtype, share", [("float16", 0.55), ("int8", 0.35)])
+def test_small_weights_shrink_the_variables_and_compute_like_the_rounded_model(
+        exported, tiny_run, tmp_path, dtype, share):
+    path = export.export_saved_model(tiny_run, tmp_path / dtype, beam_width=3,
+                                     weights_dtype=dtype)
     reader = tf.train.load_checkpoint(os.path.join(path, "variables", "variables"))
     dtypes = reader.get_variable_to_dtype_map()
-    floats = {key: shape for key, shape in reader.get_variable_to_shape_map().items()
-              if dtypes[key].is_floating}
-    assert {dtypes[key] for key in floats} == {tf.float16}
+    shapes = {key: shape for key, shape in reader.get_variable_to_shape_map().items()
+              if dtypes[key] != tf.string}
     model, source_tokenizer, target_tokenizer, _ = load_run(tiny_run)
-    translator = Translator(model, source_tokenizer, target_tokenizer, beam_width=3,
-                            max_source_length=Translator.from_run(tiny_run).max_source_length)
-    assert sorted(int(np.prod(shape)) for shape in floats.values()) == sorted(
-        int(np.prod(w.shape)) for w in model.weights)
+    weights = model.get_weights()
+    stored = sorted((dtypes[key].name, int(np.prod(shape))) for key, shape in shapes.items())
+    if dtype == "float16":
+        expected = [("float16", w.size) for w in weights]
+    else:  # int8 matrices with a float32 scale per column; float16 vectors
+        expected = [("int8", w.size) for w in weights if w.ndim >= 2]
+        expected += [("float32", w.shape[-1]) for w in weights if w.ndim >= 2]
+        expected += [("float16", w.size) for w in weights if w.ndim < 2]
+    assert stored == sorted(expected)
 
     def data_bytes(version_dir):
         folder = os.path.join(version_dir, "variables")
         return sum(os.path.getsize(os.path.join(folder, name)) for name in os.listdir(folder))
 
-    assert data_bytes(path) < 0.6 * data_bytes(exported[1])
-    # The graph computes in float32 from the rounded weights: exactly what the
-    # Python model does once its weights are rounded to float16 the same way.
-    model.set_weights([w.astype(np.float16).astype(w.dtype) if w.dtype.kind == "f" else w
-                       for w in model.get_weights()])
+    assert data_bytes(path) < share * data_bytes(exported[1])
+    # The graph computes in float32 from the stored weights: exactly what the
+    # Python model does once its weights are rounded the same way.
+    model.set_weights([stored_like_the_export(w, dtype) for w in weights])
+    translator = Translator(model, source_tokenizer, target_tokenizer, beam_width=3,
+                            max_source_length=Translator.from_run(tiny_run).max_source_length)
     for signature, beam in (("serving_default", False), ("beam_search", True)):
         assert_same(run_in_fresh_python(path, signature, as_bytes(TEXTS)),
                     translator(TEXTS, beam=beam))
-    with pytest.raises(ValueError, match="weights_dtype"):
-        export.export_saved_model(tiny_run, tmp_path / "bad", weights_dtype="int8")
+
+
+def test_unknown_weights_dtype_is_refused(tiny_run, tmp_path):
+    with pytest.raises(ValueError, match="weights_dtype.*int4"):
+        export.export_saved_model(tiny_run, tmp_path / "bad", weights_dtype="int4")
+    assert not os.path.exists(tmp_path / "bad")
 
 
 def test_fresh_process_equals_python_greedy_and_beam(exported, tiny_run):
