@@ -3,8 +3,8 @@
 Prepares the data (examples/cmudict_to_tsv.py: letters and apostrophes, stress
 removed, 39 phones, the crc32 word split), trains the shipped model's three
 members with `s2s-attn train`, exports them as one ensemble in
-saved_models/g2p_en/<version>/ and scores it on the test words with
-`s2s-attn evaluate` (WER: a word is right if it matches any of its
+saved_models/g2p_en/<version>/ (weights stored as float16) and scores it on
+the test words with `s2s-attn evaluate` (WER: a word is right if it matches any of its
 pronunciations; PER: phone edit distance to the closest one). Each step is the
 command a user would type; this script runs them in order.
 
@@ -90,7 +90,8 @@ def main():
     os.makedirs(args.runs, exist_ok=True)
     train_members(names, args)
     run("s2s-attn", "export", *[f"{args.runs}/{args.name}_{name}" for name in names],
-        "--name", args.name, "--beam-width", args.beam, "--max-source-length", "40")
+        "--name", args.name, "--beam-width", args.beam, "--max-source-length", "40",
+        "--weights-dtype", "float16")
     for beam in ("1", args.beam):
         run("s2s-attn", "evaluate", f"saved_models/{args.name}", f"{args.data}/test.tsv",
             "--references", "--metrics", "wer,per,cer,exact", "--beam", beam)
