@@ -138,8 +138,7 @@ def _export(args):
                "max_output_length": args.max_output_length}
     if args.max_source_length:
         options["max_source_length"] = args.max_source_length
-    runs = args.run_dir[0] if len(args.run_dir) == 1 else args.run_dir
-    path = export_saved_model(runs, os.path.join(args.export_dir, args.name),
+    path = export_saved_model(args.run_dir, os.path.join(args.export_dir, args.name),
                               version=args.version, which=args.which,
                               weights_dtype=args.weights_dtype, **options)
     print(path)

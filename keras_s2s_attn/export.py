@@ -140,10 +140,9 @@ class _StoredWeights(tf.Module):
 
     def __init__(self, models, dtype):
         super().__init__()
-        self._originals = []
-        for model in models:
-            self._originals += [v for v in model.weights if "float" in v.dtype
-                                and all(v is not w for w in self._originals)]
+        # Keyed by identity: models sharing a variable store it once, in order.
+        self._originals = list({id(v): v for model in models for v in model.weights
+                                if "float" in v.dtype}.values())
         self.weights, self.scales = [], {}
         with tf.init_scope():
             for index, variable in enumerate(self._originals):
@@ -246,9 +245,7 @@ def export_saved_model(model_or_run_dir, export_dir="saved_models/model", versio
     greedy = translator.translate_graph
     beam = functools.partial(translator.translate_graph, beam=True)
     if weights_dtype != "float32":
-        models = translator.model if isinstance(translator.model, (list, tuple)) else [
-            translator.model]
-        stored = _StoredWeights(models, weights_dtype)
+        stored = _StoredWeights(translator.models, weights_dtype)
         archive.track(stored)
         greedy, beam = stored.wrap(greedy), stored.wrap(beam)
     spec = [tf.TensorSpec([None], tf.string, name="text")]

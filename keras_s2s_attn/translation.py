@@ -65,7 +65,7 @@ class Translator:
                  max_source_length=DEFAULT_MAX_SOURCE_LENGTH, max_output_length=None,
                  beam_width=4, length_penalty_weight=0.6, coverage_penalty_weight=0.0,
                  jit_compile=False):
-        self.model = model
+        self.models = list(model) if isinstance(model, (list, tuple)) else [model]
         self.source_tokenizer = source_tokenizer
         self.target_tokenizer = target_tokenizer
         self.max_source_length = positive_int(max_source_length, "max_source_length")
@@ -75,17 +75,15 @@ class Translator:
         self.length_penalty_weight = non_negative(length_penalty_weight, "length_penalty_weight")
         self.coverage_penalty_weight = non_negative(coverage_penalty_weight,
                                                     "coverage_penalty_weight")
-        if isinstance(model, (list, tuple)):
-            self.decoder = (Decoder(model[0], jit_compile=jit_compile) if len(model) == 1
-                            else EnsembleDecoder(model, jit_compile=jit_compile))
-        else:
-            self.decoder = Decoder(model, jit_compile=jit_compile)
+        self.decoder = (Decoder(self.models[0], jit_compile=jit_compile)
+                        if len(self.models) == 1
+                        else EnsembleDecoder(self.models, jit_compile=jit_compile))
         self._encode_graph = tf.function(self.encode_text, reduce_retracing=True)
         self._finish_graph = tf.function(self.finish, reduce_retracing=True)
 
     def settings(self):
         """The decoding settings, as a JSON-able dict."""
-        return {"ensemble_size": len(getattr(self.decoder, "members", [None])),
+        return {"ensemble_size": len(self.models),
                 "max_source_length": self.max_source_length,
                 "max_output_length": self.max_output_length, "beam_width": self.beam_width,
                 "length_penalty_weight": self.length_penalty_weight,

@@ -123,7 +123,7 @@ def test_small_weights_shrink_the_variables_and_compute_like_the_rounded_model(
     dtypes = reader.get_variable_to_dtype_map()
     shapes = {key: shape for key, shape in reader.get_variable_to_shape_map().items()
               if dtypes[key] != tf.string}
-    model, source_tokenizer, target_tokenizer, _ = load_run(tiny_run)
+    model, source_tokenizer, target_tokenizer, config = load_run(tiny_run)
     weights = model.get_weights()
     stored = sorted((dtypes[key].name, int(np.prod(shape))) for key, shape in shapes.items())
     if dtype == "float16":
@@ -143,7 +143,7 @@ def test_small_weights_shrink_the_variables_and_compute_like_the_rounded_model(
     # Python model does once its weights are rounded the same way.
     model.set_weights([stored_like_the_export(w, dtype) for w in weights])
     translator = Translator(model, source_tokenizer, target_tokenizer, beam_width=3,
-                            max_source_length=Translator.from_run(tiny_run).max_source_length)
+                            max_source_length=config["max_source_length"])
     for signature, beam in (("serving_default", False), ("beam_search", True)):
         assert_same(run_in_fresh_python(path, signature, as_bytes(TEXTS)),
                     translator(TEXTS, beam=beam))
