@@ -123,10 +123,11 @@ def _add_export(subparsers):
     parser.add_argument("--length-penalty", type=float, default=0.6)
     parser.add_argument("--coverage-penalty", type=float, default=0.0)
     parser.add_argument("--weights-dtype", default="float32",
-                        choices=["float32", "float16", "int8"],
-                        help="store the weights smaller: float16 (half the size) or int8 "
-                             "(about a quarter, per-column scales); the model still computes "
-                             "in float32")
+                        choices=["float32", "float16", "int8", "int4"],
+                        help="store the weights smaller: float16 (half the size), int8 "
+                             "(about a quarter, per-column scales) or int4 (about a seventh, a "
+                             "scale per column and 32 rows); the model still computes in "
+                             "float32")
     parser.set_defaults(handler=_export)
 
 

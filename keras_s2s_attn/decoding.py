@@ -173,14 +173,15 @@ class Decoder:
         return log_probs, tf.cast(weights, tf.float32), states
 
     # ------------------------------------------------------------- greedy core
-    def greedy_graph(self, source_ids, max_length):
+    def greedy_graph(self, source_ids, max_length, encoded=None):
         """`greedy` as TensorFlow ops, to call inside another `tf.function`.
 
+        `encoded` is `encode(source_ids)` when the caller has run it already.
         Returns `(ids, lengths, scores, attention, steps)` with ids and
         attention in buffers of `max_length` steps (the first `steps` used).
         """
         batch, source_length = tf.shape(source_ids)[0], tf.shape(source_ids)[1]
-        memory, mask, prepared, states = self.encode(source_ids)
+        memory, mask, prepared, states = encoded or self.encode(source_ids)
 
         def body(t, tokens, states, finished, scores, lengths, ids, attention):
             log_probs, weights, states = self.step(tokens, states, memory, mask, prepared, t)
@@ -207,15 +208,16 @@ class Decoder:
         return (tf.transpose(ids), lengths, scores, tf.transpose(attention, (1, 0, 2)), steps)
 
     # --------------------------------------------------------------- beam core
-    def beam_graph(self, source_ids, max_length, beam_width, alpha, beta):
+    def beam_graph(self, source_ids, max_length, beam_width, alpha, beta, encoded=None):
         """`beam_search` as TensorFlow ops, to call inside another `tf.function`.
 
-        `beam_width` is a Python int. Returns `(ids, lengths, scores,
+        `beam_width` is a Python int; `encoded` is `encode(source_ids)` when
+        the caller has run it already. Returns `(ids, lengths, scores,
         ranking_scores, attention, steps)` for all beams, best first, in
         buffers of `max_length` steps (the first `steps` used).
         """
         batch, source_length = tf.shape(source_ids)[0], tf.shape(source_ids)[1]
-        memory, mask, prepared, states = self.encode(source_ids)
+        memory, mask, prepared, states = encoded or self.encode(source_ids)
         flat = batch * beam_width
 
         def tile(x):  # (batch, ...) -> (batch * beam, ...), beams of a row adjacent

@@ -159,21 +159,33 @@ class Translator:
         }
 
     def translate_graph(self, text, beam=False):
-        """The whole text-to-text path as TensorFlow ops (used by the export)."""
+        """The whole text-to-text path as TensorFlow ops (used by the export).
+
+        `beam` is a Python bool, or a boolean scalar tensor: then one graph
+        holds both decoders behind a `tf.cond`, sharing the tokenisation and
+        the encoder (the export's two signatures call that one graph).
+        """
         source_ids, truncated, empty = self.encode_text(text)
         max_length = self.max_length_for(source_ids)
-        if beam:
+        encoded = self.decoder.encode(source_ids)
+
+        def beam_search():
             ids, lengths, scores, _, attention, steps = self.decoder.beam_graph(
                 source_ids, max_length, self.beam_width,
                 tf.constant(self.length_penalty_weight),
-                tf.constant(self.coverage_penalty_weight))
-            ids, lengths, scores = ids[:, 0, :steps], lengths[:, 0], scores[:, 0]
-            attention = attention[:, 0, :steps]
-        else:
+                tf.constant(self.coverage_penalty_weight), encoded=encoded)
+            return ids[:, 0, :steps], lengths[:, 0], scores[:, 0], attention[:, 0, :steps]
+
+        def greedy():
             ids, lengths, scores, attention, steps = self.decoder.greedy_graph(
-                source_ids, max_length)
-            ids, attention = ids[:, :steps], attention[:, :steps]
-        return self.finish(source_ids, truncated, empty, ids, lengths, scores, attention)
+                source_ids, max_length, encoded=encoded)
+            return ids[:, :steps], lengths, scores, attention[:, :steps]
+
+        if isinstance(beam, bool):
+            decoded = beam_search() if beam else greedy()
+        else:
+            decoded = tf.cond(beam, beam_search, greedy)
+        return self.finish(source_ids, truncated, empty, *decoded)
 
     # ------------------------------------------------------------ Python API
     def __call__(self, texts, beam=False):

@@ -111,10 +111,37 @@ def stored_like_the_export(weight, dtype):
         quantised = np.round(weight / scale).astype(np.int8)
         assert np.abs(quantised.astype(np.int32)).max() <= 127
         return quantised.astype(weight.dtype) * scale
+    rows = int(np.prod(weight.shape[:-1]))
+    if dtype == "int4" and weight.ndim >= 2 and rows >= 32:
+        # Blocks of 32 rows per column: w ≈ q · s, s = max|w| / 7 in float16, q in [-7, 7].
+        matrix = weight.reshape(rows, -1)
+        result = np.empty_like(matrix)
+        for start in range(0, rows, 32):
+            block = matrix[start:start + 32]
+            scale = (np.abs(block).max(axis=0) / 7).astype(np.float16).astype(weight.dtype)
+            scale[scale == 0] = 1
+            quantised = np.round(block / scale)
+            assert np.abs(quantised).max() <= 7.5  # float16 rounding of s may give 7.5 -> 8
+            result[start:start + 32] = np.clip(quantised, -7, 7) * scale
+        return result.reshape(weight.shape)
     return weight.astype(np.float16).astype(weight.dtype)
 
 
-@pytest.mark.parametrize("dtype, share", [("float16", 0.55), ("int8", 0.35)])
+def test_int4_packing_round_trips_through_the_graph():
+    rng = np.random.default_rng(0)
+    for shape in [(70, 5), (64, 9), (2, 32, 3)]:
+        weight = rng.normal(size=shape).astype(np.float32)
+        weight[:, 0] = 0  # an all-zero column keeps a usable scale
+        packed, scales = export.quantize_int4(weight.reshape(-1, shape[-1]))
+        rows = int(np.prod(shape[:-1]))
+        assert packed.dtype == np.uint8 and packed.shape == (-(-rows // 32) * 16, shape[-1])
+        assert scales.dtype == np.float16 and scales.shape == (-(-rows // 32), shape[-1])
+        unpacked = export.dequantize_int4(tf.constant(packed), tf.constant(scales), shape)
+        np.testing.assert_array_equal(unpacked.numpy(), stored_like_the_export(weight, "int4"))
+        assert np.abs(unpacked.numpy() - weight).max() <= np.abs(weight).max() / 14 * 1.01
+
+
+@pytest.mark.parametrize("dtype, share", [("float16", 0.55), ("int8", 0.35), ("int4", 0.3)])
 def test_small_weights_shrink_the_variables_and_compute_like_the_rounded_model(
         exported, tiny_run, tmp_path, dtype, share):
     path = export.export_saved_model(tiny_run, tmp_path / dtype, beam_width=3,
@@ -128,10 +155,21 @@ def test_small_weights_shrink_the_variables_and_compute_like_the_rounded_model(
     stored = sorted((dtypes[key].name, int(np.prod(shape))) for key, shape in shapes.items())
     if dtype == "float16":
         expected = [("float16", w.size) for w in weights]
-    else:  # int8 matrices with a float32 scale per column; float16 vectors
+    elif dtype == "int8":  # int8 matrices with a float32 scale per column; float16 vectors
         expected = [("int8", w.size) for w in weights if w.ndim >= 2]
         expected += [("float32", w.shape[-1]) for w in weights if w.ndim >= 2]
         expected += [("float16", w.size) for w in weights if w.ndim < 2]
+    else:  # matrices of >= 32 rows: two 4-bit values a byte, a float16 scale per 32 rows
+        expected = []
+        for w in weights:
+            rows = w.size // w.shape[-1] if w.ndim >= 2 else 0
+            if rows >= 32:
+                blocks = -(-rows // 32)
+                expected += [("uint8", blocks * 16 * w.shape[-1]),
+                             ("float16", blocks * w.shape[-1])]
+            else:
+                expected.append(("float16", w.size))
+        assert any(name == "uint8" for name, _ in expected)
     assert stored == sorted(expected)
 
     def data_bytes(version_dir):
@@ -150,8 +188,8 @@ def test_small_weights_shrink_the_variables_and_compute_like_the_rounded_model(
 
 
 def test_unknown_weights_dtype_is_refused(tiny_run, tmp_path):
-    with pytest.raises(ValueError, match="weights_dtype.*int4"):
-        export.export_saved_model(tiny_run, tmp_path / "bad", weights_dtype="int4")
+    with pytest.raises(ValueError, match="weights_dtype.*int4.*'int2'"):
+        export.export_saved_model(tiny_run, tmp_path / "bad", weights_dtype="int2")
     assert not os.path.exists(tmp_path / "bad")
 
 
