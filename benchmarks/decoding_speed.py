@@ -11,26 +11,15 @@ then timed over repeats; ratios are against the plain greedy decoder.
 
 import argparse
 import os
-import statistics
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
+import keras
+import numpy as np
+from timing import timed  # benchmarks/timing.py, beside this script
 
-from keras_s2s_attn import build_seq2seq_model  # noqa: E402
-from keras_s2s_attn.decoding import Decoder  # noqa: E402
-
-
-def timed(function, repeats):
-    function()  # warm-up: tracing and XLA compilation
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+from keras_s2s_attn import build_seq2seq_model
+from keras_s2s_attn.decoding import Decoder
 
 
 def main():

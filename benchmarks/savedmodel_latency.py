@@ -12,24 +12,13 @@ of the same run with different `--weights-dtype`, or two versions of a model.
 
 import argparse
 import os
-import statistics
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import tensorflow as tf
+from timing import timed  # benchmarks/timing.py, beside this script
 
 from keras_s2s_attn.export import latest_version_dir, load_saved_model
-
-
-def timed(function, repeats):
-    function()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def directory_bytes(path):
