@@ -181,7 +181,7 @@ class Decoder:
         attention in buffers of `max_length` steps (the first `steps` used).
         """
         batch, source_length = tf.shape(source_ids)[0], tf.shape(source_ids)[1]
-        memory, mask, prepared, states = encoded or self.encode(source_ids)
+        memory, mask, prepared, states = self.encode(source_ids) if encoded is None else encoded
 
         def body(t, tokens, states, finished, scores, lengths, ids, attention):
             log_probs, weights, states = self.step(tokens, states, memory, mask, prepared, t)
@@ -217,7 +217,7 @@ class Decoder:
         buffers of `max_length` steps (the first `steps` used).
         """
         batch, source_length = tf.shape(source_ids)[0], tf.shape(source_ids)[1]
-        memory, mask, prepared, states = encoded or self.encode(source_ids)
+        memory, mask, prepared, states = self.encode(source_ids) if encoded is None else encoded
         flat = batch * beam_width
 
         def tile(x):  # (batch, ...) -> (batch * beam, ...), beams of a row adjacent
