@@ -34,6 +34,8 @@ import os
 import subprocess
 import sys
 
+from keras_s2s_attn.export import WEIGHT_DTYPES
+
 COMMON = ["--source-tokenizer", "char", "--target-tokenizer", "space", "--units", "192",
           "--embedding-dim", "64", "--batch-size", "128", "--learning-rate", "0.002"]
 MEMBERS = {
@@ -86,7 +88,7 @@ def main():
     parser.add_argument("--jobs", type=int, default=1, help="members trained at once")
     parser.add_argument("--beam", default="4")
     parser.add_argument("--weights-dtype", default="float16",
-                        choices=["float32", "float16", "int8", "int4"],
+                        choices=WEIGHT_DTYPES,
                         help="how the export stores the weights (default float16, as shipped)")
     args = parser.parse_args()
     names = args.members.split(",")

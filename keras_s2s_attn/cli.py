@@ -7,6 +7,9 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+# Loaded with the package (its __init__ imports the export) at no extra cost.
+from keras_s2s_attn.export import WEIGHT_DTYPES
+
 
 def _positive_int(text):
     value = int(text)
@@ -122,8 +125,7 @@ def _add_export(subparsers):
     parser.add_argument("--beam-width", type=_positive_int, default=4)
     parser.add_argument("--length-penalty", type=float, default=0.6)
     parser.add_argument("--coverage-penalty", type=float, default=0.0)
-    parser.add_argument("--weights-dtype", default="float32",
-                        choices=["float32", "float16", "int8", "int4"],
+    parser.add_argument("--weights-dtype", default="float32", choices=WEIGHT_DTYPES,
                         help="store the weights smaller: float16 (half the size), int8 "
                              "(about a quarter, per-column scales) or int4 (about a seventh, a "
                              "scale per column and 32 rows); the model still computes in "
