@@ -63,6 +63,7 @@ class Decoder:
         self.start_id = int(start_id)
         self.end_id = int(end_id)
         self.jit_compile = bool(jit_compile)
+        self.has_attention = self.cell.attention is not None
         self._greedy = tf.function(self.greedy_graph, jit_compile=self.jit_compile,
                                    reduce_retracing=True)
         self._beam = tf.function(self.beam_graph, jit_compile=self.jit_compile,
@@ -81,13 +82,14 @@ class Decoder:
             A dict: `ids` `(batch, T)` (the end id included, 0 after it),
             `lengths` `(batch,)` (tokens before the end id), `scores`
             `(batch,)` (sum of log-probabilities, the end token's included)
-            and `attention` `(batch, T, S)` (zeros after the end id). T is the
-            number of steps taken, at most `max_output_length`.
+            and `attention` `(batch, T, S)` (zeros after the end id; absent
+            for a model without attention). T is the number of steps taken,
+            at most `max_output_length`.
         """
         source_ids, max_length = self._check(source_ids, max_output_length)
         ids, lengths, scores, attention, steps = self._greedy(source_ids, max_length)
-        return {"ids": ids[:, :steps], "lengths": lengths, "scores": scores,
-                "attention": attention[:, :steps]}
+        return self._public({"ids": ids[:, :steps], "lengths": lengths, "scores": scores,
+                             "attention": attention[:, :steps]})
 
     __call__ = greedy
 
@@ -132,9 +134,15 @@ class Decoder:
                   "attention": attention[:, :num_results, :steps]}
         if num_results == 1:
             result = {key: value[:, 0] for key, value in result.items()}
-        return result
+        return self._public(result)
 
     # --------------------------------------------------------------- helpers
+    def _public(self, result):
+        """Drops the all-zero attention buffers of a model without attention."""
+        if not self.has_attention:
+            del result["attention"]
+        return result
+
     def _check(self, source_ids, max_output_length):
         source_ids = tf.convert_to_tensor(source_ids)
         if not source_ids.dtype.is_integer:
@@ -162,12 +170,21 @@ class Decoder:
         return memory, mask, cell.prepare_memory(memory), states
 
     def step(self, tokens, states, memory, mask, prepared, t):
-        """One decoder step: (log-probabilities, attention weights, new states)."""
+        """One decoder step: (log-probabilities, attention weights, new states).
+
+        The log-probabilities are the model's, with PAD and START set to
+        `NEG_INF` so that no search can pick them.
+        """
         (output, weights), states = self.cell(
             self.embedding(tokens), states, memory, memory_mask=mask,
             prepared_memory=prepared, step=t, training=False,
         )
         log_probs = tf.nn.log_softmax(tf.cast(self.projection(output), tf.float32))
+        # PAD and START are not output tokens: a decoder that picked one would
+        # emit a token that detokenisation then silently drops.
+        reserved = tf.one_hot([PAD_ID, START_ID], tf.shape(log_probs)[-1], on_value=NEG_INF,
+                              off_value=0.0)
+        log_probs += tf.reduce_sum(reserved, axis=0)
         if weights is None:  # the plain encoder-decoder has no attention
             weights = tf.zeros(tf.shape(mask), tf.float32)
         return log_probs, tf.cast(weights, tf.float32), states
@@ -221,7 +238,8 @@ class Decoder:
         flat = batch * beam_width
 
         def tile(x):  # (batch, ...) -> (batch * beam, ...), beams of a row adjacent
-            return tf.repeat(x, beam_width, axis=0)
+            # None: the prepared memory of a model without attention.
+            return None if x is None else tf.repeat(x, beam_width, axis=0)
 
         # Nested structures: an ensemble has one memory and state list per member.
         memory, mask, prepared, states = tf.nest.map_structure(
@@ -235,8 +253,11 @@ class Decoder:
             vocab); coverage is (batch, beam, S).
             """
             lp = tf.pow((5.0 + tf.cast(produced, tf.float32)) / 6.0, alpha)
-            covered = tf.math.log(tf.minimum(coverage, 1.0) + (1.0 - real) + 1e-10)
-            cp = beta * tf.reduce_sum(covered * real, axis=-1)  # (batch, beam)
+            # Clipped, not `+ epsilon`: Grappler folds `(1 - real) + 1e-10` to
+            # `1 - real` in float32, and log(0) = -inf times 0 is NaN. And a
+            # `where`, not a product with the mask, for the same reason.
+            covered = tf.math.log(tf.clip_by_value(coverage, 1e-10, 1.0))
+            cp = beta * tf.reduce_sum(tf.where(real > 0, covered, 0.0), axis=-1)  # (batch, beam)
             if log_probs.shape.rank == 3:
                 cp = cp[..., None]
             return log_probs / lp + cp * tf.cast(complete, tf.float32)
@@ -347,6 +368,7 @@ class EnsembleDecoder(Decoder):
             raise ValueError("The ensemble's models must share their vocabularies; got "
                              "(source, target) vocabulary sizes " + ", ".join(map(str, sizes)))
         super().__init__(models[0], start_id, end_id, jit_compile)
+        self.has_attention = any(member.has_attention for member in self.members)
 
     def encode(self, source_ids):
         """Each member's encoder: `(memories, mask, prepared memories, states)`."""
@@ -357,12 +379,15 @@ class EnsembleDecoder(Decoder):
         return memory, encoded[0][1], prepared, states
 
     def step(self, tokens, states, memory, mask, prepared, t):
-        """One step of every member; log of the mean probability, mean attention."""
+        """One step of every member: log of the mean probability, and the mean
+        attention of the members that have attention (zeros if none has)."""
         steps = [member.step(tokens, member_states, member_memory, mask, member_prepared, t)
                  for member, member_states, member_memory, member_prepared
                  in zip(self.members, states, memory, prepared)]
         count = float(len(steps))
         log_probs = (tf.reduce_logsumexp(tf.stack([s[0] for s in steps]), axis=0)
                      - tf.math.log(count))
-        weights = tf.add_n([s[1] for s in steps]) / count
+        attending = [s[1] for member, s in zip(self.members, steps) if member.has_attention]
+        weights = (tf.add_n(attending) / float(len(attending)) if attending
+                   else tf.zeros_like(steps[0][1]))
         return log_probs, weights, tuple(s[2] for s in steps)

@@ -4,7 +4,7 @@ import pytest
 
 from keras_s2s_attn import build_seq2seq_model
 from keras_s2s_attn.decoding import Decoder, EnsembleDecoder
-from keras_s2s_attn.special_ids import END_ID, START_ID
+from keras_s2s_attn.special_ids import END_ID, PAD_ID, START_ID
 
 
 def untrained(**kwargs):
@@ -15,6 +15,13 @@ def untrained(**kwargs):
 SOURCES = np.array([[4, 5, 6, 7, 8], [9, 10, 0, 0, 0], [11, 4, 4, 0, 0]], np.int32)
 
 
+def never_reserved(log_probs):
+    """The decoders never emit the padding or start id: they are not output tokens."""
+    log_probs = log_probs.copy()
+    log_probs[..., [PAD_ID, START_ID]] = -np.inf
+    return log_probs
+
+
 def numpy_greedy(model, source_ids, max_length):
     """Reference: the whole model re-run on the growing prefix, argmax each time."""
     targets = np.full((len(source_ids), 1), START_ID, np.int32)
@@ -23,8 +30,8 @@ def numpy_greedy(model, source_ids, max_length):
     for _ in range(max_length):
         logits = keras.ops.convert_to_numpy(
             model({"source_ids": source_ids, "target_ids": targets}))[:, -1]
-        log_probs = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(
-            -1, keepdims=True)) - logits.max(-1, keepdims=True)
+        log_probs = never_reserved(logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(
+            -1, keepdims=True)) - logits.max(-1, keepdims=True))
         chosen = np.where(finished, 0, log_probs.argmax(-1))
         scores += np.where(finished, 0.0, log_probs.max(-1))
         finished |= chosen == END_ID
@@ -43,11 +50,35 @@ def test_greedy_equals_rerunning_the_training_graph(kwargs):
     ids = result["ids"].numpy()
     np.testing.assert_array_equal(ids, want_ids)
     np.testing.assert_allclose(result["scores"].numpy(), want_scores, rtol=1e-4, atol=1e-4)
-    assert result["attention"].shape == (3, ids.shape[1], 5)
+    if kwargs.get("attention", "") is None:
+        assert "attention" not in result  # no map is invented for the plain encoder-decoder
+    else:
+        assert result["attention"].shape == (3, ids.shape[1], 5)
     for row in range(3):  # lengths count tokens before the end id
         tokens = list(ids[row])
         expected = tokens.index(END_ID) if END_ID in tokens else len(tokens)
         assert result["lengths"].numpy()[row] == expected
+
+
+def test_padding_and_start_ids_are_never_emitted():
+    """A model that puts most of its mass on PAD and START still emits real tokens only.
+
+    (Before the fix the decoders picked PAD as a token, which decode() then
+    dropped, so a row could come out empty or shorter with a worse score.)
+    """
+    model = untrained()
+    projection = model.get_layer("output_projection")
+    kernel, bias = projection.get_weights()
+    bias[[PAD_ID, START_ID]] += 20.0
+    projection.set_weights([kernel, bias])
+    decoder = Decoder(model)
+    for result in (decoder.greedy(SOURCES, max_output_length=7),
+                   decoder.beam_search(SOURCES, beam_width=3, num_results=3,
+                                       max_output_length=7)):
+        ids = np.asarray(result["ids"])
+        produced = np.arange(ids.shape[-1]) < np.asarray(result["lengths"])[..., None]
+        assert produced.any()
+        assert not np.isin(ids[produced], [PAD_ID, START_ID]).any()
 
 
 def test_greedy_attention_equals_teacher_forced_attention(reversal_model):
@@ -128,6 +159,30 @@ def test_n_best_sorted_and_penalties(reversal_model):
     np.testing.assert_allclose(ranking, want, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("coverage_penalty_weight", [0.0, 0.4])
+def test_beam_ranking_is_finite_when_real_positions_get_no_attention(coverage_penalty_weight):
+    """A local window leaves real source positions with zero coverage.
+
+    The penalty's log(min(coverage, 1)) must stay finite there. (Before the
+    fix, Grappler folded the `+ 1e-10` guard away in the traced graph, so the
+    ranking became NaN, even with a zero penalty weight, and the beam picked
+    arbitrary tokens.)
+    """
+    model = untrained(attention="general", window=1, window_mode="local-m")
+    sources = np.array([[4, 5, 6, 7, 8, 9, 10, 11]], np.int32)
+    result = Decoder(model).beam_search(sources, beam_width=3, num_results=3,
+                                        max_output_length=2,
+                                        coverage_penalty_weight=coverage_penalty_weight)
+    ranking = result["ranking_scores"].numpy()
+    assert np.isfinite(ranking).all() and np.isfinite(result["scores"].numpy()).all()
+    coverage = result["attention"].numpy().sum(2)
+    assert (coverage == 0).any()  # the case under test: uncovered real positions
+    cp = coverage_penalty_weight * np.log(np.clip(coverage, 1e-10, 1.0)).sum(-1)
+    finished = result["lengths"].numpy() < 2  # the end token came within the 2 steps
+    want = result["scores"].numpy() + cp * finished  # α = 0: no length penalty
+    np.testing.assert_allclose(ranking, want, rtol=1e-5, atol=1e-4)
+
+
 def test_jit_compile_gives_the_same_results(reversal_model):
     model, (inputs, _) = reversal_model
     sources = inputs["source_ids"][:16]
@@ -161,9 +216,9 @@ def numpy_ensemble_greedy(models, source_ids, max_length):
     finished = np.zeros(len(source_ids), bool)
     scores = np.zeros(len(source_ids))
     for _ in range(max_length):
-        probs = np.mean([keras.ops.convert_to_numpy(keras.ops.softmax(
-            model({"source_ids": source_ids, "target_ids": targets})[:, -1]))
-            for model in models], axis=0)
+        probs = np.exp(never_reserved(np.log(np.mean([keras.ops.convert_to_numpy(
+            keras.ops.softmax(model({"source_ids": source_ids, "target_ids": targets})[:, -1]))
+            for model in models], axis=0))))
         chosen = np.where(finished, 0, probs.argmax(-1))
         scores += np.where(finished, 0.0, np.log(probs.max(-1)))
         finished |= chosen == END_ID
