@@ -61,6 +61,8 @@ def _add_train(subparsers):
     parser.add_argument("--no-input-feeding", action="store_true")
     parser.add_argument("--window", type=_positive_int, help="local attention half-width D")
     parser.add_argument("--window-mode", default="local-p", choices=["local-m", "local-p"])
+    parser.add_argument("--normalize-attention", action="store_true",
+                        help="weight-normalise the additive score (--attention additive)")
     parser.add_argument("--dropout", type=float, default=0.1)
     parser.add_argument("--max-source-length", type=_positive_int)
     parser.add_argument("--max-target-length", type=_positive_int)
@@ -95,7 +97,8 @@ def _train(args):
         decoder_layers=args.decoder_layers or args.layers,
         cell_type=args.cell, attention=None if args.attention == "none" else args.attention,
         style=args.style, input_feeding=not args.no_input_feeding, window=args.window,
-        window_mode=args.window_mode, dropout=args.dropout,
+        window_mode=args.window_mode, normalize_attention=args.normalize_attention,
+        dropout=args.dropout,
         max_source_length=args.max_source_length, max_target_length=args.max_target_length,
         on_bad_row=args.on_bad_row, source_column=args.source_column,
         target_column=args.target_column, header=args.header or None, seed=args.seed,
@@ -211,6 +214,9 @@ def _translate(args):
         raise ValueError(f"--input: {args.input!r} holds no lines to translate."
                          if args.input is not None else "Give at least one TEXT (or --input).")
     run = open_translator(args.model, beam_width=args.beam)
+    if args.plot and "attention" not in run.output_names:
+        raise ValueError(f"--plot: {args.model!r} was built without attention "
+                         "(--attention none), so there is no attention map to draw.")
     batches = list(_in_batches(run, texts, args.batch_size, progress=args.input is not None))
     if args.plot:
         from keras_s2s_attn.plotting import plot_attention_maps

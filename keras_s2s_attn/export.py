@@ -323,8 +323,9 @@ def export_saved_model(model_or_run_dir, export_dir="saved_models/model", versio
         translate = stored.wrap(translate)
     # Both signatures call this one function (greedy or beam search behind a
     # tf.cond), so the SavedModel holds the tokeniser and encoder graphs once.
-    translate = tf.function(translate, input_signature=[
-        tf.TensorSpec([None], tf.string), tf.TensorSpec([], tf.bool)])
+    # Traced once, here: each endpoint calling the tf.function would trace it again.
+    translate = tf.function(translate).get_concrete_function(
+        tf.TensorSpec([None], tf.string), tf.TensorSpec([], tf.bool))
     spec = [tf.TensorSpec([None], tf.string, name="text")]
     archive.add_endpoint("serving_default", lambda text: translate(text, tf.constant(False)),
                          input_signature=spec)

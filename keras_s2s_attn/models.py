@@ -34,6 +34,7 @@ def build_seq2seq_model(
     window=None,
     window_mode="local-p",
     max_source_length=None,
+    normalize_attention=False,
     dropout=0.1,
     name="seq2seq",
 ):
@@ -62,6 +63,8 @@ def build_seq2seq_model(
         window: Local attention half-width D, or None for global attention.
         window_mode: `"local-m"` or `"local-p"`.
         max_source_length: Needed by `attention="location"`.
+        normalize_attention: Weight-normalise the additive score (Bahdanau
+            et al.'s appendix; `attention="additive"` only).
         dropout: Dropout rate (embeddings, between layers, decoder output).
         name: Model name.
 
@@ -81,17 +84,33 @@ def build_seq2seq_model(
     >>> tuple(logits.shape)
     (1, 3, 40)
     """
+    if not isinstance(attention, str):
+        # These options configure a score given by name; None or an instance cannot use them.
+        given = {name: value for name, value in (("window", window),
+                                                 ("normalize_attention", normalize_attention))
+                 if value not in (None, False)}
+        if given:
+            what = ("attention=None (no attention)" if attention is None else
+                    "a BahdanauLuongAttention instance (set them on the instance)")
+            raise ValueError(f"{' and '.join(f'`{name}`' for name in given)} cannot be used with "
+                             f"{what}. Received: "
+                             + ", ".join(f"{name}={value!r}" for name, value in given.items()))
     if isinstance(attention, str):
         if attention not in SCORES:
             raise ValueError(
                 f"`attention` must be one of {', '.join(map(repr, SCORES))}, a "
                 f"BahdanauLuongAttention instance or None. Received: attention={attention!r}"
             )
+        if attention == "location" and max_source_length is None:
+            raise ValueError("attention='location' scores a fixed number of source positions: "
+                             "set `max_source_length` (--max-source-length). Received: "
+                             "max_source_length=None")
         memory_dim = 2 * units
         attention = BahdanauLuongAttention(
             # dot products need the memory projected to the decoder's width
             units=units if attention in ("dot", "scaled_dot") and memory_dim != units else None,
             score=attention,
+            normalize=normalize_attention,
             window=window,
             window_mode=window_mode,
             max_length=max_source_length if attention == "location" else None,

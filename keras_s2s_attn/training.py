@@ -68,7 +68,8 @@ def train(train_data, out, *, valid_data=None, tokenizer="char", source_tokenize
           min_count=1, epochs=None, batch_size=64, learning_rate=1e-3, label_smoothing=0.0,
           embedding_dim=256, units=256, encoder_layers=1, decoder_layers=1, cell_type="gru",
           attention="additive", style="bahdanau", input_feeding=True, window=None,
-          window_mode="local-p", dropout=0.1, max_source_length=None, max_target_length=None,
+          window_mode="local-p", normalize_attention=False, dropout=0.1,
+          max_source_length=None, max_target_length=None,
           valid_percent=5, on_bad_row="error", source_column=0, target_column=1, header=None,
           seed=0, strategy="default", resume=False, lr_decay=True, callbacks=(),
           verbose="auto"):
@@ -147,7 +148,8 @@ def train(train_data, out, *, valid_data=None, tokenizer="char", source_tokenize
                       "encoder_layers": encoder_layers, "decoder_layers": decoder_layers,
                       "cell_type": cell_type, "attention": attention, "style": style,
                       "input_feeding": input_feeding, "window": window,
-                      "window_mode": window_mode, "dropout": dropout},
+                      "window_mode": window_mode, "normalize_attention": normalize_attention,
+                      "dropout": dropout},
         }
     for key in ("train_data", "valid_data"):
         if config[key] is not None:
@@ -189,16 +191,7 @@ def train(train_data, out, *, valid_data=None, tokenizer="char", source_tokenize
                 print(f"note: {numbers[key]} of {numbers['pairs']} {side} pairs had "
                       f"{key.split('_')[1]} cut at the maximum length")
 
-    os.makedirs(out, exist_ok=True)
-    if not resume:
-        source_tok.save(source_dir)
-        target_tok.save(target_dir)
-        config["source_vocab_size"] = source_tok.vocabulary_size
-        config["target_vocab_size"] = target_tok.vocabulary_size
-        config["versions"] = {"tensorflow": tf.__version__, "keras": keras.__version__}
-        with open(config_path, "w") as handle:
-            json.dump(config, handle, indent=2, ensure_ascii=False)
-
+    # The model first: options it refuses must leave no run directory behind.
     with distribution.scope():
         model_options = dict(config["model"])
         if model_options["attention"] == "location":
@@ -210,6 +203,16 @@ def train(train_data, out, *, valid_data=None, tokenizer="char", source_tokenize
             loss=MaskedSparseCategoricalCrossentropy(label_smoothing=config["label_smoothing"]),
             metrics=[MaskedAccuracy(name="accuracy")],
         )
+
+    os.makedirs(out, exist_ok=True)
+    if not resume:
+        source_tok.save(source_dir)
+        target_tok.save(target_dir)
+        config["source_vocab_size"] = source_tok.vocabulary_size
+        config["target_vocab_size"] = target_tok.vocabulary_size
+        config["versions"] = {"tensorflow": tf.__version__, "keras": keras.__version__}
+        with open(config_path, "w") as handle:
+            json.dump(config, handle, indent=2, ensure_ascii=False)
 
     callbacks = [
         RunCheckpoint(out, metrics_file=METRICS_FILE, best_file=BEST_MODEL),

@@ -17,6 +17,10 @@ from keras_s2s_attn.special_ids import PAD_ID
 DEFAULT_MAX_SOURCE_LENGTH = 256
 OUTPUT_NAMES = ("translation", "score", "attention", "source_tokens", "target_tokens",
                 "truncated")
+# A model built with attention=None has no attention map: its outputs leave
+# `attention` out (rather than invent an all-zero one), so a client tells the
+# two kinds of model apart from the signature's outputs alone.
+OUTPUT_NAMES_WITHOUT_ATTENTION = tuple(name for name in OUTPUT_NAMES if name != "attention")
 
 
 def is_run_dirs(value):
@@ -50,9 +54,10 @@ class Translator:
 
     Returns:
         A dict of numpy arrays, one row per text: `translation` (bytes, UTF-8),
-        `score` (sum of log-probabilities), `attention` `(batch, T, S)`,
-        `source_tokens` `(batch, S)` and `target_tokens` `(batch, T)` (bytes,
-        "" where padded, for labelling attention maps), `truncated` (bool).
+        `score` (sum of log-probabilities), `attention` `(batch, T, S)` (absent
+        for a model without attention, see `output_names`), `source_tokens`
+        `(batch, S)` and `target_tokens` `(batch, T)` (bytes, "" where padded,
+        for labelling attention maps), `truncated` (bool).
 
     Example:
 
@@ -81,9 +86,14 @@ class Translator:
         self._encode_graph = tf.function(self.encode_text, reduce_retracing=True)
         self._finish_graph = tf.function(self.finish, reduce_retracing=True)
 
+    @property
+    def output_names(self):
+        """The keys of the output dict (and of the exported signatures' outputs)."""
+        return OUTPUT_NAMES if self.decoder.has_attention else OUTPUT_NAMES_WITHOUT_ATTENTION
+
     def settings(self):
         """The decoding settings, as a JSON-able dict."""
-        return {"ensemble_size": len(self.models),
+        return {"ensemble_size": len(self.models), "outputs": list(self.output_names),
                 "max_source_length": self.max_source_length,
                 "max_output_length": self.max_output_length, "beam_width": self.beam_width,
                 "length_penalty_weight": self.length_penalty_weight,
@@ -137,8 +147,11 @@ class Translator:
             budget = tf.minimum(budget, self.max_output_length)
         return budget
 
-    def finish(self, source_ids, truncated, empty, ids, lengths, scores, attention):
-        """Decoder results to the output dict (detokenised, labelled, empty rows blank)."""
+    def finish(self, source_ids, truncated, empty, ids, lengths, scores, attention=None):
+        """Decoder results to the output dict (detokenised, labelled, empty rows blank).
+
+        `attention` is ignored (and may be None) for a model without attention.
+        """
         translation = self.target_tokenizer.decode(ids)
         translation = tf.where(empty, tf.constant(""), translation)
         steps = tf.shape(ids)[1]
@@ -148,15 +161,16 @@ class Translator:
         target_tokens = tf.where(kept, self.target_tokenizer.id_to_token(ids), "")
         source_tokens = tf.where(tf.not_equal(source_ids, PAD_ID),
                                  self.source_tokenizer.id_to_token(source_ids), "")
-        attention = tf.where(kept[..., None], attention, 0.0)
-        return {
+        outputs = {
             "translation": translation,
             "score": tf.where(empty, 0.0, scores),
-            "attention": attention,
             "source_tokens": source_tokens,
             "target_tokens": target_tokens,
             "truncated": truncated,
         }
+        if self.decoder.has_attention:
+            outputs["attention"] = tf.where(kept[..., None], attention, 0.0)
+        return {name: outputs[name] for name in self.output_names}
 
     def translate_graph(self, text, beam=False):
         """The whole text-to-text path as TensorFlow ops (used by the export).
@@ -205,7 +219,8 @@ class Translator:
         else:
             result = self.decoder.greedy(source_ids, max_output_length=budget)
         outputs = self._finish_graph(source_ids, truncated, empty, result["ids"],
-                                     result["lengths"], result["scores"], result["attention"])
+                                     result["lengths"], result["scores"],
+                                     result.get("attention"))
         return {name: value.numpy() for name, value in outputs.items()}
 
 
@@ -251,14 +266,20 @@ def open_translator(path, beam_width=1):
 
     Returns:
         A callable taking a list of str and returning the output dict of
-        numpy arrays (see `Translator`).
+        numpy arrays (see `Translator`); its `output_names` attribute lists
+        that dict's keys.
     """
     from keras_s2s_attn import export  # export imports this module
 
     path = os.fspath(path)
     if os.path.exists(os.path.join(path, "config.json")):
         translator = Translator.from_run(path, beam_width=beam_width)
-        return lambda texts: translator(texts, beam=beam_width > 1)
+
+        def run(texts):
+            return translator(texts, beam=beam_width > 1)
+
+        run.output_names = translator.output_names
+        return run
     version_dir = export.latest_version_dir(path)
     signature = "serving_default"
     if beam_width > 1:
@@ -273,4 +294,5 @@ def open_translator(path, beam_width=1):
         outputs = function(text=tf.constant(list(texts), tf.string, shape=[len(texts)]))
         return {name: value.numpy() for name, value in outputs.items()}
 
+    run.output_names = tuple(function.structured_outputs)
     return run

@@ -174,5 +174,5 @@ def test_loss_and_model_bad_arguments():
         small_model(cell_type="rnn")
     with pytest.raises(ValueError, match="window"):
         small_model(window=0)
-    with pytest.raises(ValueError, match="max_length"):
+    with pytest.raises(ValueError, match="`max_source_length`"):
         small_model(attention="location")
