@@ -1,4 +1,4 @@
-"""Plain-numpy attention, written from the equations of the papers.
+"""Plain-numpy references: attention from the papers' equations, and the export's weight storage.
 
 Bahdanau et al. 2015, eq. (6) and appendix A.1.2: e_ij = v_aᵀ tanh(W_a s_{i−1} + U_a h_j).
 Luong et al. 2015, eq. (8): dot h_tᵀh̄_s, general h_tᵀW_a h̄_s, concat v_aᵀ tanh(W_a[h_t; h̄_s]);
@@ -101,3 +101,29 @@ def paper_weights(layer):
         w["W_p"] = v["position_kernel"].T
         w["v_p"] = v["position_v"]
     return w
+
+
+def stored_like_the_export(weight, dtype):
+    """A numpy reference of the export's weight storage, turned back into float32."""
+    if weight.dtype.kind != "f":
+        return weight
+    if dtype == "int8" and weight.ndim >= 2:  # per output column: w ≈ q · max|w[:, j]| / 127
+        scale = np.abs(weight).max(axis=tuple(range(weight.ndim - 1)))
+        scale = np.where(scale > 0, scale / np.float32(127), np.float32(1)).astype(weight.dtype)
+        quantised = np.round(weight / scale).astype(np.int8)
+        assert np.abs(quantised.astype(np.int32)).max() <= 127
+        return quantised.astype(weight.dtype) * scale
+    rows = int(np.prod(weight.shape[:-1]))
+    if dtype == "int4" and weight.ndim >= 2 and rows >= 32:
+        # Blocks of 32 rows per column: w ≈ q · s, s = max|w| / 7 in float16, q in [-7, 7].
+        matrix = weight.reshape(rows, -1)
+        result = np.empty_like(matrix)
+        for start in range(0, rows, 32):
+            block = matrix[start:start + 32]
+            scale = (np.abs(block).max(axis=0) / 7).astype(np.float16).astype(weight.dtype)
+            scale[scale == 0] = 1
+            quantised = np.round(block / scale)
+            assert np.abs(quantised).max() <= 7.5  # float16 rounding of s may give 7.5 -> 8
+            result[start:start + 32] = np.clip(quantised, -7, 7) * scale
+        return result.reshape(weight.shape)
+    return weight.astype(np.float16).astype(weight.dtype)

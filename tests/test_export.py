@@ -16,6 +16,7 @@ from keras_s2s_attn import export
 from keras_s2s_attn.text import make_tokenizer
 from keras_s2s_attn.training import load_run
 from keras_s2s_attn.translation import OUTPUT_NAMES, Translator
+from tests.reference import stored_like_the_export
 from tests.serving_fixtures import INVALID_UTF8, MIXED_TEXTS
 
 TEXTS = MIXED_TEXTS[:63] + [INVALID_UTF8]  # 64 mixed-length inputs, bad ones included
@@ -99,32 +100,6 @@ def test_each_weight_is_saved_once(exported, tiny_run):
     model, _, _, _ = load_run(tiny_run)
     assert sorted(int(np.prod(shape)) for shape in floats.values()) == sorted(
         int(np.prod(w.shape)) for w in model.weights)
-
-
-def stored_like_the_export(weight, dtype):
-    """A numpy reference of the export's weight storage, turned back into float32."""
-    if weight.dtype.kind != "f":
-        return weight
-    if dtype == "int8" and weight.ndim >= 2:  # per output column: w ≈ q · max|w[:, j]| / 127
-        scale = np.abs(weight).max(axis=tuple(range(weight.ndim - 1)))
-        scale = np.where(scale > 0, scale / np.float32(127), np.float32(1)).astype(weight.dtype)
-        quantised = np.round(weight / scale).astype(np.int8)
-        assert np.abs(quantised.astype(np.int32)).max() <= 127
-        return quantised.astype(weight.dtype) * scale
-    rows = int(np.prod(weight.shape[:-1]))
-    if dtype == "int4" and weight.ndim >= 2 and rows >= 32:
-        # Blocks of 32 rows per column: w ≈ q · s, s = max|w| / 7 in float16, q in [-7, 7].
-        matrix = weight.reshape(rows, -1)
-        result = np.empty_like(matrix)
-        for start in range(0, rows, 32):
-            block = matrix[start:start + 32]
-            scale = (np.abs(block).max(axis=0) / 7).astype(np.float16).astype(weight.dtype)
-            scale[scale == 0] = 1
-            quantised = np.round(block / scale)
-            assert np.abs(quantised).max() <= 7.5  # float16 rounding of s may give 7.5 -> 8
-            result[start:start + 32] = np.clip(quantised, -7, 7) * scale
-        return result.reshape(weight.shape)
-    return weight.astype(np.float16).astype(weight.dtype)
 
 
 def test_int4_packing_round_trips_through_the_graph():
