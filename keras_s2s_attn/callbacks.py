@@ -8,6 +8,7 @@ import shutil
 
 import keras
 
+BACKUP_DIR = "backup"
 STATE_POINTER = "latest"
 
 
@@ -17,6 +18,24 @@ def read_metrics(path):
         return []
     with open(path, newline="") as handle:
         return list(csv.DictReader(handle))
+
+
+def _state_dir(run_dir):
+    """The directory of a run's current resume state, or None if it has none."""
+    pointer = os.path.join(run_dir, BACKUP_DIR, STATE_POINTER)
+    if not os.path.exists(pointer):
+        return None
+    with open(pointer) as handle:
+        return os.path.join(run_dir, BACKUP_DIR, handle.read().strip())
+
+
+def saved_epoch(run_dir):
+    """How many epochs the resume state of a run directory holds (0 if it has none)."""
+    state_dir = _state_dir(run_dir)
+    if state_dir is None:
+        return 0
+    with open(os.path.join(state_dir, "state.json")) as handle:
+        return json.load(handle)["epoch"]
 
 
 def _replace_atomically(path, write):
@@ -33,10 +52,12 @@ class RunCheckpoint(keras.callbacks.Callback):
     At each epoch end, in this order: the metrics row is appended to
     `metrics.csv`, the model is saved as `best.keras` if its `val_loss` is the
     best so far, and the training state (weights and optimizer) is saved under
-    `backup/` for resuming. Every file is written beside its target and
-    renamed into place, and the resume state becomes current only when a
-    pointer file is replaced, so a process killed at any instant leaves the
-    previous complete state.
+    `backup/` for resuming, unless a logged value is NaN or infinite (the
+    state then stays at the last good epoch). Every file is written beside its
+    target and renamed into place, and the resume state becomes current only
+    when a pointer file is replaced, so a process killed at any instant
+    leaves the previous complete state. The state is kept when training ends,
+    so that a finished run can be continued for more epochs.
 
     On `fit` start, a saved state is restored and `fit` continues from the
     epoch after it (the mechanism of `keras.callbacks.BackupAndRestore`, which
@@ -62,7 +83,7 @@ class RunCheckpoint(keras.callbacks.Callback):
                  monitor="val_loss"):
         super().__init__()
         self.run_dir = os.fspath(run_dir)
-        self.backup_dir = os.path.join(self.run_dir, "backup")
+        self.backup_dir = os.path.join(self.run_dir, BACKUP_DIR)
         self.csv_path = os.path.join(self.run_dir, metrics_file)
         self.best_path = os.path.join(self.run_dir, best_file)
         self.monitor = monitor
@@ -80,11 +101,9 @@ class RunCheckpoint(keras.callbacks.Callback):
         self.best = min((v for v in values if math.isfinite(v)), default=math.inf)
 
     def _restore(self):
-        pointer = os.path.join(self.backup_dir, STATE_POINTER)
-        if not os.path.exists(pointer):
+        state_dir = _state_dir(self.run_dir)
+        if state_dir is None:
             return 0
-        with open(pointer) as handle:
-            state_dir = os.path.join(self.backup_dir, handle.read().strip())
         optimizer = self.model.optimizer
         if optimizer is not None and not optimizer.built:
             optimizer.build(self.model.trainable_variables)  # its variables are in the file
@@ -106,7 +125,8 @@ class RunCheckpoint(keras.callbacks.Callback):
         if value is not None and math.isfinite(float(value)) and float(value) < self.best:
             self.best = float(value)
             _replace_atomically(self.best_path, lambda path: self.model.save(path))
-        self._save_state(epoch + 1)
+        if all(math.isfinite(value) for value in row.values()):
+            self._save_state(epoch + 1)
 
     def _save_state(self, next_epoch):
         name = f"epoch-{next_epoch:05d}"
@@ -128,10 +148,6 @@ class RunCheckpoint(keras.callbacks.Callback):
         for old in os.listdir(self.backup_dir):
             if old.startswith("epoch-") and old != name:
                 shutil.rmtree(os.path.join(self.backup_dir, old), ignore_errors=True)
-
-    def on_train_end(self, logs=None):
-        # The run is over (finished, or stopped by a callback): nothing to resume.
-        shutil.rmtree(self.backup_dir, ignore_errors=True)
 
     def _write_rows(self, rows, fields):
         def write(path):

@@ -20,6 +20,11 @@ from keras_s2s_attn.special_ids import END_ID, START_ID
 
 ON_BAD_ROW = ("error", "skip")
 
+# The longest line `read_pairs` reads, in bytes without its line end; a longer
+# one is a malformed row. It bounds the memory a line costs (the reader never
+# holds more of one), and stays below the `csv` module's field limit (131,072).
+MAX_LINE_BYTES = 65_536
+
 
 class MalformedRowError(ValueError):
     """A row of a pairs file that cannot be used; the message names file and line."""
@@ -53,6 +58,34 @@ def _column_index(column, header, path, which):
     return header.index(column)
 
 
+def text_lines(handle, encoding="utf-8"):
+    """Yields `(number, text, problem)` for each line of a binary file.
+
+    `text` is the line decoded, without its line end and a leading byte-order
+    mark; it is None when `problem` says why the line cannot be read: bytes
+    that are not valid `encoding`, or more than `MAX_LINE_BYTES` (whose bytes
+    past the limit are read in pieces and dropped, never held at once).
+    """
+    number = 0
+    while chunk := handle.readline(MAX_LINE_BYTES + 2):  # + 2: room for "\r\n"
+        number += 1
+        ended = chunk.endswith(b"\n")
+        raw = chunk.rstrip(b"\r\n")
+        if len(raw) > MAX_LINE_BYTES or not ended and len(chunk) == MAX_LINE_BYTES + 2:
+            while not ended:
+                rest = handle.readline(MAX_LINE_BYTES)
+                ended = not rest or rest.endswith(b"\n")
+            yield number, None, f"longer than {MAX_LINE_BYTES} bytes, the limit on a line"
+            continue
+        try:
+            text = raw.decode(encoding)
+        except UnicodeDecodeError as error:
+            yield number, None, (f"bytes that are not valid {encoding} ({error.reason} at "
+                                 f"byte {error.start})")
+            continue
+        yield number, text.removeprefix("\ufeff") if number == 1 else text, None
+
+
 def read_pairs(path, *, source_column=0, target_column=1, header=None, delimiter=None,
                on_bad_row="error", encoding="utf-8", all_targets=False):
     """Reads source/target text pairs from a TSV or CSV file, one pair per line.
@@ -67,8 +100,9 @@ def read_pairs(path, *, source_column=0, target_column=1, header=None, delimiter
         delimiter: Overrides the delimiter implied by the extension.
         on_bad_row: `"error"` raises `MalformedRowError` naming file and
             line for a row with a missing column, bytes that are not valid
-            `encoding`, or an empty (whitespace-only) side; `"skip"` skips
-            such rows and warns with their count and first line numbers.
+            `encoding`, an empty (whitespace-only) side, or more than
+            `MAX_LINE_BYTES` (64 KiB) bytes; `"skip"` skips such rows and
+            warns with their count and first line numbers.
         encoding: Text encoding of the file.
         all_targets: Each target is the list of the non-empty columns from
             `target_column` on (alternative references, for evaluation).
@@ -97,44 +131,37 @@ def read_pairs(path, *, source_column=0, target_column=1, header=None, delimiter
     delimiter = _delimiter_for(path, delimiter)
     if header is None:
         header = isinstance(source_column, str) or isinstance(target_column, str)
+    if not header:  # a column given by name needs the header that names it
+        for which, column in (("source", source_column), ("target", target_column)):
+            _column_index(column, None, path, which)
     quoting = csv.QUOTE_MINIMAL if delimiter == "," else csv.QUOTE_NONE
 
     sources, targets, bad = [], [], []
     names = None
     with open(path, "rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            try:
-                line = raw.decode(encoding)
-            except UnicodeDecodeError as error:
-                problem = f"bytes that are not valid {encoding} ({error.reason} at byte {error.start})"
-                bad.append((number, problem))
-                if on_bad_row == "error":
-                    break
-                continue
-            line = line.rstrip("\r\n")
-            if number == 1 and line.startswith("\ufeff"):
-                line = line[1:]  # byte-order mark
-            if not line.strip():
-                continue  # blank lines separate nothing; they are not pairs
-            fields = next(csv.reader([line], delimiter=delimiter, quoting=quoting))
-            if header and names is None:
-                names = fields
-                source_index = _column_index(source_column, names, path, "source")
-                target_index = _column_index(target_column, names, path, "target")
-                continue
-            if names is None:
-                source_index, target_index = source_column, target_column
-            needed = max(source_index, target_index) + 1
-            if len(fields) < needed:
-                problem = f"{len(fields)} column(s), needs at least {needed}"
-            else:
-                source, target = fields[source_index].strip(), fields[target_index].strip()
-                if source and target:
-                    sources.append(source)
-                    targets.append([f.strip() for f in fields[target_index:] if f.strip()]
-                                   if all_targets else target)
+        for number, line, problem in text_lines(handle, encoding):
+            if problem is None:
+                if not line.strip():
+                    continue  # blank lines separate nothing; they are not pairs
+                fields = next(csv.reader([line], delimiter=delimiter, quoting=quoting))
+                if header and names is None:
+                    names = fields
+                    source_index = _column_index(source_column, names, path, "source")
+                    target_index = _column_index(target_column, names, path, "target")
                     continue
-                problem = f"empty {'source' if not source else 'target'}"
+                if names is None:
+                    source_index, target_index = source_column, target_column
+                needed = max(source_index, target_index) + 1
+                if len(fields) < needed:
+                    problem = f"{len(fields)} column(s), needs at least {needed}"
+                else:
+                    source, target = fields[source_index].strip(), fields[target_index].strip()
+                    if source and target:
+                        sources.append(source)
+                        targets.append([f.strip() for f in fields[target_index:] if f.strip()]
+                                       if all_targets else target)
+                        continue
+                    problem = f"empty {'source' if not source else 'target'}"
             bad.append((number, problem))
             if on_bad_row == "error":
                 break
@@ -213,7 +240,8 @@ def make_dataset(sources, targets, source_tokenizer, target_tokenizer, *, batch_
     `y₁ … yₙ [END]`. All pairs are tokenised once, in one batched call per
     side (which also counts what truncation cuts); the pipeline then caches
     the teacher-forcing pairs, shuffles them, groups them into buckets of
-    similar length (less padding), pads with 0 and prefetches.
+    similar length (less padding), pads with 0 and prefetches. The number of
+    batches is known (`dataset.cardinality()`), with buckets too.
 
     Args:
         sources, targets: Lists of str (see `read_pairs`, `check_pairs`).
@@ -281,6 +309,13 @@ def make_dataset(sources, targets, source_tokenizer, target_tokenizer, *, batch_
             bucket_boundaries=boundaries,
             bucket_batch_sizes=[batch_size] * (len(boundaries) + 1),
         )
+        # Each pair always falls in the same bucket, so an epoch always has
+        # this many batches; saying so lets Keras show and check the count.
+        lengths = np.maximum(source_ids.row_lengths().numpy(),
+                             target_ids.row_lengths().numpy() + 1)  # + 1: the END label
+        per_bucket = np.bincount(np.searchsorted(boundaries, lengths, side="right"))
+        batches = int(np.sum(-(-per_bucket // batch_size)))
+        dataset = dataset.apply(tf.data.experimental.assert_cardinality(batches))
     else:
         dataset = dataset.padded_batch(batch_size)
     if batch_multiple > 1:

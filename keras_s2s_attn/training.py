@@ -9,7 +9,9 @@ directory holds everything needed later:
     model.keras              the model after the last epoch
     metrics.csv              one row per epoch (loss, accuracy, val_loss, val_accuracy)
     logs/                    TensorBoard logs
-    backup/                  the state `resume=True` continues from (removed when done)
+    backup/                  the state `resume=True` continues from (weights and
+                             optimizer after the last good epoch; kept when the
+                             run ends, so that it can train for more epochs)
 
 Every file is written so that a run killed at any moment can be resumed
 (`callbacks.RunCheckpoint`).
@@ -18,13 +20,17 @@ Every file is written so that a run killed at any moment can be resumed
 import json
 import math
 import os
+import sys
 import time
 
 import keras
 import tensorflow as tf
 
 from keras_s2s_attn import data as data_lib
-from keras_s2s_attn.callbacks import RunCheckpoint, read_metrics
+from keras_s2s_attn.callbacks import RunCheckpoint, read_metrics, saved_epoch
+from keras_s2s_attn.checks import positive_int, rate
+from keras_s2s_attn.layers.attention import SCORES, WINDOW_MODES
+from keras_s2s_attn.layers.decoder_cell import CELL_TYPES, STYLES
 from keras_s2s_attn.models import (
     MaskedAccuracy,
     MaskedSparseCategoricalCrossentropy,
@@ -55,14 +61,6 @@ def _strategy(name):
     )
 
 
-def _load_pairs(source, on_bad_row, source_column, target_column, header):
-    if isinstance(source, (str, os.PathLike)):
-        return data_lib.read_pairs(source, on_bad_row=on_bad_row, source_column=source_column,
-                                   target_column=target_column, header=header)
-    sources, targets = source
-    return data_lib.check_pairs(sources, targets)
-
-
 def train(train_data, out, *, valid_data=None, tokenizer="char", source_tokenizer=None,
           target_tokenizer=None, lower=False, normalization="NFKC", max_vocab_size=None,
           min_count=1, epochs=None, batch_size=64, learning_rate=1e-3, label_smoothing=0.0,
@@ -71,13 +69,17 @@ def train(train_data, out, *, valid_data=None, tokenizer="char", source_tokenize
           window_mode="local-p", normalize_attention=False, dropout=0.1,
           max_source_length=None, max_target_length=None,
           valid_percent=5, on_bad_row="error", source_column=0, target_column=1, header=None,
-          seed=0, strategy="default", resume=False, lr_decay=True, callbacks=(),
-          verbose="auto"):
+          seed=0, strategy="default", resume=False, lr_decay=True, early_stopping=None,
+          callbacks=(), verbose="auto"):
     """Trains a seq2seq model on text pairs and writes a run directory.
+
+    Every option is checked before any data is read. Messages (notes, the
+    best epoch, why training stopped) go to stderr; Keras prints its progress.
 
     Args:
         train_data: A TSV/CSV path, or a `(sources, targets)` pair of lists.
-            With `resume=True`, None means the path recorded in config.json.
+            With `resume=True`, None means the path recorded in config.json
+            (recorded as an absolute path, so any working directory will do).
         out: The run directory (created).
         valid_data: Like `train_data`; default: a deterministic ~`valid_percent`%
             slice held out of `train_data` (see `data.split_pairs`).
@@ -85,8 +87,8 @@ def train(train_data, out, *, valid_data=None, tokenizer="char", source_tokenize
             `"wordpiece"`, ...), unless `source_tokenizer` / `target_tokenizer`
             name one per side.
         lower, normalization, max_vocab_size, min_count: Tokenizer options.
-        epochs: Total epochs (default 10; a resumed run counts the ones
-            already done, and keeps its recorded total when None).
+        epochs: Total epochs, those already done by a resumed run included
+            (default 10; a resumed run keeps its recorded total when None).
         batch_size, learning_rate, label_smoothing: Training options.
         embedding_dim ... dropout: Passed to `build_seq2seq_model`.
         max_source_length, max_target_length: Truncation (counted, reported).
@@ -94,90 +96,199 @@ def train(train_data, out, *, valid_data=None, tokenizer="char", source_tokenize
         seed: Seed for weights and shuffling.
         strategy: `"default"` or `"mirrored"` (`tf.distribute.MirroredStrategy`
             over the GPUs, or over the logical CPUs when there is no GPU).
-        resume: Continue the run in `out` from its last finished epoch; the
-            model and data options then come from its config.json.
+        resume: Continue the run in `out` after its last finished epoch, with
+            its saved weights and optimizer state; the model and data options
+            then come from its config.json. A run that is done (it has
+            trained `epochs` epochs, or stopped early) continues when
+            `epochs` asks for more; asking for no more is refused.
         lr_decay: Halve the learning rate when the validation loss has not
             improved for an epoch (`ReduceLROnPlateau`, down to 1e-5).
-        callbacks: More Keras callbacks for `fit`, run after the run's own.
+        early_stopping: None, or a patience: stop when the validation loss
+            has not improved for that many epochs, and end with the weights
+            of the best epoch (`EarlyStopping(restore_best_weights=True)`).
+            A resumed run keeps its recorded patience when None.
+        callbacks: More Keras callbacks for `fit`, run after the run's own;
+            one may stop training early (`model.stop_training = True`).
         verbose: Keras `fit` verbosity.
 
     Returns:
         A dict summary: `epochs_trained`, `val_loss`, `val_accuracy` (of the
-        best epoch), `best_epoch`, `stopped` (None, or why training stopped
-        early), `run_dir` and the data `stats`.
+        best epoch), `best_epoch`, `stopped` (None, or why training ended
+        before `epochs`), `diverged` (True when the loss became NaN/inf; the
+        run then has no model.keras), `run_dir`, `seconds` and the data
+        `stats`.
 
     Example:
 
     >>> summary = train("pairs.tsv", "runs/demo", tokenizer="char", epochs=5)
     """
+    options = dict(locals())  # the first statement, so it holds exactly the arguments
     out = os.fspath(out)
-    config_path = os.path.join(out, CONFIG_FILE)
     if resume:
-        if not os.path.exists(config_path):
-            raise FileNotFoundError(
-                f"Cannot resume: no {CONFIG_FILE} in {out!r}. Start the run without resume."
-            )
-        with open(config_path) as handle:
-            config = json.load(handle)
-        if epochs is not None:
-            config["epochs"] = epochs
-        train_data = train_data if train_data is not None else config["train_data"]
-        valid_data = valid_data if valid_data is not None else config["valid_data"]
-        if train_data is None:
-            raise ValueError("This run was trained on in-memory pairs: pass them again as "
-                             "`train_data` to resume it.")
+        config = _resumed_config(out, train_data, valid_data, epochs, early_stopping)
     else:
-        if os.path.exists(config_path):
-            raise FileExistsError(
-                f"{out!r} already holds a run; resume it (--resume) or choose another --out."
-            )
-        config = {
-            "train_data": train_data if isinstance(train_data, (str, os.PathLike)) else None,
-            "valid_data": valid_data if isinstance(valid_data, (str, os.PathLike)) else None,
-            "source_tokenizer": source_tokenizer or tokenizer,
-            "target_tokenizer": target_tokenizer or tokenizer,
-            "tokenizer_options": {"lower": lower, "normalization": normalization,
-                                  "max_vocab_size": max_vocab_size, "min_count": min_count},
-            "epochs": 10 if epochs is None else epochs, "batch_size": batch_size, "learning_rate": learning_rate,
-            "label_smoothing": label_smoothing, "max_source_length": max_source_length,
-            "max_target_length": max_target_length, "valid_percent": valid_percent,
-            "on_bad_row": on_bad_row, "source_column": source_column,
-            "target_column": target_column, "header": header, "seed": seed,
-            "strategy": strategy, "lr_decay": lr_decay,
-            "model": {"embedding_dim": embedding_dim, "units": units,
-                      "encoder_layers": encoder_layers, "decoder_layers": decoder_layers,
-                      "cell_type": cell_type, "attention": attention, "style": style,
-                      "input_feeding": input_feeding, "window": window,
-                      "window_mode": window_mode, "normalize_attention": normalize_attention,
-                      "dropout": dropout},
-        }
-    for key in ("train_data", "valid_data"):
-        if config[key] is not None:
-            config[key] = os.fspath(config[key])
+        config = _new_config(out, options)
+    train_data = train_data if train_data is not None else config["train_data"]
+    valid_data = valid_data if valid_data is not None else config["valid_data"]
+    if train_data is None:
+        raise ValueError("No `train_data` given (a run trained on in-memory pairs needs them "
+                         "again to resume).")
 
     keras.utils.set_random_seed(config["seed"])
-    pairs = _load_pairs(train_data, config["on_bad_row"], config["source_column"],
-                        config["target_column"], config["header"])
-    if valid_data is None:
-        pairs, valid_pairs = data_lib.split_pairs(*pairs, valid_percent=config["valid_percent"])
-    else:
-        valid_pairs = _load_pairs(valid_data, config["on_bad_row"], config["source_column"],
-                                  config["target_column"], config["header"])
-
-    source_dir, target_dir = os.path.join(out, SOURCE_VOCAB), os.path.join(out, TARGET_VOCAB)
-    if resume:
-        source_tok, target_tok = load_tokenizer(source_dir), load_tokenizer(target_dir)
-    else:
-        options = config["tokenizer_options"]
-        source_tok = make_tokenizer(config["source_tokenizer"], **options).adapt(pairs[0])
-        target_tok = make_tokenizer(config["target_tokenizer"], **options).adapt(pairs[1])
-
+    pairs, valid_pairs = _read_data(config, train_data, valid_data)
+    source_tok, target_tok = _tokenizers(out, config, pairs, resume)
     distribution = _strategy(config["strategy"])
+    train_ds, valid_ds, stats = _datasets(config, pairs, valid_pairs, source_tok, target_tok,
+                                          replicas=distribution.num_replicas_in_sync)
+    # The model first: options it refuses must leave no run directory behind.
+    model = _compiled_model(config, source_tok.vocabulary_size, target_tok.vocabulary_size,
+                            distribution)
+    _write_run(out, config, source_tok, target_tok, new=not resume)
+    return _fit(model, train_ds, valid_ds, _callbacks(out, config, callbacks), config, out,
+                stats, verbose)
+
+
+def _recorded_path(data):
+    """What config.json records of `train_data` / `valid_data`: an absolute path, or None."""
+    return os.path.abspath(data) if isinstance(data, (str, os.PathLike)) else None
+
+
+def _new_config(out, options):
+    """The config of a new run in `out` from `train`'s arguments, checked."""
+    if os.path.exists(os.path.join(out, CONFIG_FILE)):
+        raise FileExistsError(
+            f"{out!r} already holds a run; resume it (--resume) or choose another --out."
+        )
+    config = {
+        "train_data": _recorded_path(options["train_data"]),
+        "valid_data": _recorded_path(options["valid_data"]),
+        "source_tokenizer": options["source_tokenizer"] or options["tokenizer"],
+        "target_tokenizer": options["target_tokenizer"] or options["tokenizer"],
+        "tokenizer_options": {name: options[name] for name in (
+            "lower", "normalization", "max_vocab_size", "min_count")},
+        "epochs": 10 if options["epochs"] is None else options["epochs"],
+        **{name: options[name] for name in (
+            "batch_size", "learning_rate", "label_smoothing", "max_source_length",
+            "max_target_length", "valid_percent", "on_bad_row", "source_column",
+            "target_column", "header", "seed", "strategy", "lr_decay", "early_stopping")},
+        "model": {name: options[name] for name in (
+            "embedding_dim", "units", "encoder_layers", "decoder_layers", "cell_type",
+            "attention", "style", "input_feeding", "window", "window_mode",
+            "normalize_attention", "dropout")},
+    }
+    _check_config(config)
+    return config
+
+
+def _resumed_config(out, train_data, valid_data, epochs, early_stopping):
+    """The config of the run in `out`, updated by what a resume may change, checked.
+
+    Raises:
+        ValueError: If the run has already trained the epochs asked for, or
+            ended without its resume state (a run of an earlier version).
+    """
+    config_path = os.path.join(out, CONFIG_FILE)
+    if not os.path.exists(config_path):
+        raise FileNotFoundError(
+            f"Cannot resume: no {CONFIG_FILE} in {out!r}. Start the run without resume."
+        )
+    with open(config_path) as handle:
+        config = json.load(handle)
+    for key, value in (("train_data", train_data), ("valid_data", valid_data)):
+        if value is not None:
+            config[key] = _recorded_path(value)
+    for key, value in (("epochs", epochs), ("early_stopping", early_stopping)):
+        if value is not None:
+            config[key] = value
+    config.setdefault("lr_decay", True)  # options that runs of earlier versions lack
+    config.setdefault("early_stopping", None)
+    _check_config(config)
+    done = saved_epoch(out)
+    if done == 0 and os.path.exists(os.path.join(out, FINAL_MODEL)):
+        raise ValueError(f"Cannot resume {out!r}: it finished without keeping its resume state "
+                         "(backup/), as runs of earlier versions did. Start a new run.")
+    if config["epochs"] <= done:
+        raise ValueError(
+            f"Cannot resume {out!r}: it has trained {done} epoch(s) already, and `epochs` "
+            f"(--epochs) asks for {config['epochs']} in all (those done included); pass more "
+            f"than {done} to train it further."
+        )
+    return config
+
+
+def _one_of(value, accepted, name):
+    """Refuses `value` unless it is one of `accepted`."""
+    if value not in accepted:
+        raise ValueError(f"`{name}` must be one of {', '.join(map(repr, accepted))}. "
+                         f"Received: {name}={value!r}")
+
+
+def _between(value, low, high, name):
+    """Refuses `value` unless it is a number strictly between `low` and `high`."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low < value < high:
+        raise ValueError(f"`{name}` must be a number in ({low}, {high}). "
+                         f"Received: {name}={value!r}")
+
+
+def _check_config(config):
+    """Refuses option values training cannot use, naming the option (no data is read)."""
+    positive_int(config["epochs"], "epochs")
+    positive_int(config["batch_size"], "batch_size")
+    _between(config["learning_rate"], 0, math.inf, "learning_rate")
+    _between(config["valid_percent"], 0, 100, "valid_percent")
+    rate(config["label_smoothing"], "label_smoothing")
+    for name in ("max_source_length", "max_target_length", "early_stopping"):
+        positive_int(config[name], name, allow_none=True)
+    _one_of(config["on_bad_row"], data_lib.ON_BAD_ROW, "on_bad_row")
+    _one_of(config["strategy"], STRATEGIES, "strategy")
+    for side in ("source", "target"):  # an unadapted tokenizer checks its kind and options
+        make_tokenizer(config[f"{side}_tokenizer"], **config["tokenizer_options"])
+    model = config["model"]
+    for name in ("embedding_dim", "units", "encoder_layers", "decoder_layers"):
+        positive_int(model[name], name)
+    positive_int(model["window"], "window", allow_none=True)
+    rate(model["dropout"], "dropout")
+    for name, accepted in (("cell_type", CELL_TYPES), ("style", STYLES),
+                           ("window_mode", WINDOW_MODES), ("attention", (*SCORES, None))):
+        _one_of(model[name], accepted, name)
+
+
+def _load_pairs(source, config):
+    """The pairs of a file (read with the config's options) or of `(sources, targets)` lists."""
+    if isinstance(source, (str, os.PathLike)):
+        return data_lib.read_pairs(source, on_bad_row=config["on_bad_row"],
+                                   source_column=config["source_column"],
+                                   target_column=config["target_column"],
+                                   header=config["header"])
+    sources, targets = source
+    return data_lib.check_pairs(sources, targets)
+
+
+def _read_data(config, train_data, valid_data):
+    """`(train pairs, validation pairs)`, each a `(sources, targets)` pair of lists."""
+    pairs = _load_pairs(train_data, config)
+    if valid_data is None:
+        return data_lib.split_pairs(*pairs, valid_percent=config["valid_percent"])
+    return pairs, _load_pairs(valid_data, config)
+
+
+def _tokenizers(out, config, pairs, resume):
+    """The source and target tokenizers: a resumed run's own, else adapted to `pairs`."""
+    if resume:
+        return (load_tokenizer(os.path.join(out, SOURCE_VOCAB)),
+                load_tokenizer(os.path.join(out, TARGET_VOCAB)))
+    options = config["tokenizer_options"]
+    return (make_tokenizer(config["source_tokenizer"], **options).adapt(pairs[0]),
+            make_tokenizer(config["target_tokenizer"], **options).adapt(pairs[1]))
+
+
+def _datasets(config, pairs, valid_pairs, source_tok, target_tok, replicas):
+    """`(train dataset, validation dataset, stats)`; notes any truncation on stderr."""
     lengths = {"max_source_length": config["max_source_length"],
                "max_target_length": config["max_target_length"],
                # Keras' first-batch shape probe under a strategy fails on a
                # batch that splits unevenly across replicas (Keras 3.15).
-               "batch_multiple": distribution.num_replicas_in_sync}
+               "batch_multiple": replicas}
     train_ds, train_stats = data_lib.make_dataset(
         *pairs, source_tok, target_tok, batch_size=config["batch_size"], seed=config["seed"],
         **lengths)
@@ -189,57 +300,75 @@ def train(train_data, out, *, valid_data=None, tokenizer="char", source_tokenize
         for key in ("truncated_sources", "truncated_targets"):
             if numbers[key]:
                 print(f"note: {numbers[key]} of {numbers['pairs']} {side} pairs had "
-                      f"{key.split('_')[1]} cut at the maximum length")
+                      f"{key.split('_')[1]} cut at the maximum length", file=sys.stderr)
+    return train_ds, valid_ds, stats
 
-    # The model first: options it refuses must leave no run directory behind.
+
+def _compiled_model(config, source_vocab_size, target_vocab_size, distribution):
+    """The model of `config["model"]`, compiled with Adam and the masked loss."""
     with distribution.scope():
         model_options = dict(config["model"])
         if model_options["attention"] == "location":
             model_options["max_source_length"] = config["max_source_length"]
-        model = build_seq2seq_model(source_tok.vocabulary_size, target_tok.vocabulary_size,
-                                    **model_options)
+        model = build_seq2seq_model(source_vocab_size, target_vocab_size, **model_options)
         model.compile(
             keras.optimizers.Adam(config["learning_rate"], clipnorm=1.0),
             loss=MaskedSparseCategoricalCrossentropy(label_smoothing=config["label_smoothing"]),
             metrics=[MaskedAccuracy(name="accuracy")],
         )
+    return model
 
+
+def _write_run(out, config, source_tok, target_tok, new):
+    """Creates the run directory: config.json, and a new run's tokenizers."""
     os.makedirs(out, exist_ok=True)
-    if not resume:
-        source_tok.save(source_dir)
-        target_tok.save(target_dir)
+    if new:
+        source_tok.save(os.path.join(out, SOURCE_VOCAB))
+        target_tok.save(os.path.join(out, TARGET_VOCAB))
         config["source_vocab_size"] = source_tok.vocabulary_size
         config["target_vocab_size"] = target_tok.vocabulary_size
         config["versions"] = {"tensorflow": tf.__version__, "keras": keras.__version__}
-        with open(config_path, "w") as handle:
-            json.dump(config, handle, indent=2, ensure_ascii=False)
+    path = os.path.join(out, CONFIG_FILE)
+    with open(path + ".tmp", "w") as handle:
+        json.dump(config, handle, indent=2, ensure_ascii=False)
+    os.replace(path + ".tmp", path)  # a resume rewrites it: never leave half a file
 
-    callbacks = [
-        RunCheckpoint(out, metrics_file=METRICS_FILE, best_file=BEST_MODEL),
-        keras.callbacks.TerminateOnNaN(),
-        *([keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=1,
-                                             min_lr=1e-5, verbose=1)]
-          if config.get("lr_decay", True) else []),
-        keras.callbacks.TensorBoard(os.path.join(out, "logs")),
-        *callbacks,
-    ]
+
+def _callbacks(out, config, extra):
+    """The run's own callbacks, then `extra`."""
+    own = [RunCheckpoint(out, metrics_file=METRICS_FILE, best_file=BEST_MODEL),
+           keras.callbacks.TerminateOnNaN()]
+    if config["lr_decay"]:
+        own.append(keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5,
+                                                     patience=1, min_lr=1e-5, verbose=1))
+    if config["early_stopping"]:
+        own.append(keras.callbacks.EarlyStopping(monitor="val_loss",
+                                                 patience=config["early_stopping"],
+                                                 restore_best_weights=True, verbose=1))
+    own.append(keras.callbacks.TensorBoard(os.path.join(out, "logs")))
+    return [*own, *extra]
+
+
+def _fit(model, train_ds, valid_ds, callbacks, config, out, stats, verbose):
+    """Trains up to `config["epochs"]`, saves model.keras unless the loss diverged.
+
+    Returns:
+        `train`'s summary.
+    """
     start = time.time()
     history = model.fit(train_ds, validation_data=valid_ds, epochs=config["epochs"],
                         callbacks=callbacks, verbose=verbose, shuffle=False)
     seconds = time.time() - start
-
     rows = read_metrics(os.path.join(out, METRICS_FILE))
-    losses = history.history.get("loss", [])
-    diverged = any(not math.isfinite(x) for x in losses) or (
-        model.stop_training and len(rows) < config["epochs"]
-    )
+    diverged = not all(math.isfinite(loss) for loss in history.history.get("loss", []))
     if diverged:
         stopped = ("the loss became NaN/inf: training stopped (TerminateOnNaN); "
                    f"the last good model is {os.path.join(out, BEST_MODEL)}")
-        print(f"error: {stopped}")
     else:
-        stopped = None
         model.save(os.path.join(out, FINAL_MODEL))
+        stopped = _early_stop(model, callbacks, len(rows), config["epochs"])
+    if stopped:
+        print(f"{'error' if diverged else 'note'}: {stopped}", file=sys.stderr)
     finished = [row for row in rows if math.isfinite(float(row["val_loss"]))]
     best = min(finished, key=lambda row: float(row["val_loss"]), default=None)
     summary = {
@@ -249,13 +378,28 @@ def train(train_data, out, *, valid_data=None, tokenizer="char", source_tokenize
         "val_loss": None if best is None else float(best["val_loss"]),
         "val_accuracy": None if best is None else float(best["val_accuracy"]),
         "stopped": stopped,
+        "diverged": diverged,
         "seconds": round(seconds, 1),
         "stats": stats,
     }
     if best is not None:
         print(f"best epoch {summary['best_epoch']}/{len(rows)}: val_loss "
-              f"{summary['val_loss']:.4f}, val token accuracy {summary['val_accuracy']:.2%}")
+              f"{summary['val_loss']:.4f}, val token accuracy {summary['val_accuracy']:.2%}",
+              file=sys.stderr)
     return summary
+
+
+def _early_stop(model, callbacks, epochs_done, epochs):
+    """Why a callback ended training before `epochs`, or None if it ran them all."""
+    if not model.stop_training or epochs_done >= epochs:
+        return None
+    for callback in callbacks:
+        if isinstance(callback, keras.callbacks.EarlyStopping) and callback.stopped_epoch:
+            restored = (f"; model.keras has the weights of epoch {callback.best_epoch + 1}"
+                        if callback.restore_best_weights else "")
+            return (f"early stopping after epoch {epochs_done} of {epochs}: {callback.monitor} "
+                    f"did not improve for {callback.patience} epoch(s){restored}")
+    return f"a callback stopped training after epoch {epochs_done} of {epochs}"
 
 
 def load_run(run_dir, which="best", compile=False):

@@ -144,3 +144,50 @@ def test_batch_multiple_pads_with_rows_that_carry_no_labels():
     assert np.all(padded_labels[5:].numpy() == 0)
     assert np.all(padded_inputs["source_ids"][5:].numpy() == 0)
     assert np.all(padded_inputs["target_ids"][5:].numpy() == 0)
+
+
+def test_lines_longer_than_the_cap_are_malformed_rows(tmp_path):
+    cap = data.MAX_LINE_BYTES
+    longest = "s" * (cap - 2) + "\tt"  # exactly the cap: read
+    too_long = "s" * (cap - 1) + "\tt"  # one byte more: a malformed row
+    huge = "x\t" + "y" * 3_000_000  # read in pieces, never held whole
+    path = write(tmp_path / "pairs.tsv",
+                 f"a\tb\n{too_long}\r\n{longest}\r\n{huge}\nc\td\n{huge}")
+    with pytest.raises(data.MalformedRowError,
+                       match=f"pairs.tsv:2: malformed row: longer than {cap} bytes"):
+        data.read_pairs(path)
+    with pytest.warns(UserWarning, match=r"Skipped 3 malformed row\(s\)") as record:
+        sources, targets = data.read_pairs(path, on_bad_row="skip")
+    assert sources == ["a", "s" * (cap - 2), "c"] and targets == ["b", "t", "d"]
+    assert f"{path}:2 " in str(record[0].message) and f"{path}:4 " in str(record[0].message)
+    csv_path = write(tmp_path / "pairs.csv", f'a,b\n"{huge}",z\n')
+    with pytest.raises(data.MalformedRowError, match="pairs.csv:2: .*longer than"):
+        data.read_pairs(csv_path)
+
+
+def test_a_long_line_in_the_validation_file_names_that_file(tmp_path):
+    from keras_s2s_attn.training import train
+
+    pairs = write(tmp_path / "pairs.tsv", "ab\tBA\ncd\tDC\n")
+    valid = write(tmp_path / "valid.tsv", "ab\tBA\n" + "a" * 1_000_000 + "\tb\n")
+    with pytest.raises(data.MalformedRowError, match="valid.tsv:2: malformed row: longer"):
+        train(pairs, tmp_path / "run", valid_data=valid)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("options", [
+    {"batch_size": 8},
+    {"batch_size": 5, "batch_multiple": 2, "max_source_length": 9, "max_target_length": 15},
+    {"batch_size": 8, "bucket_boundaries": (7, 8, 9, 10, 30)},
+    {"batch_size": 64, "bucket_boundaries": None},
+])
+def test_the_number_of_batches_is_known_before_iterating(options):
+    rng = np.random.default_rng(0)
+    sources = ["a" * int(n) for n in rng.integers(1, 40, 157)]
+    targets = ["b" * int(n) for n in rng.integers(1, 40, 157)]
+    tok = make_tokenizer("char").adapt(sources + targets)
+    dataset, _ = data.make_dataset(sources, targets, tok, tok, seed=1, **options)
+    batches = int(dataset.cardinality())
+    assert batches > 0
+    for _ in range(2):  # every epoch (reshuffled) has that many batches
+        assert sum(1 for _ in dataset) == batches

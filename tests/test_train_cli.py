@@ -1,4 +1,8 @@
-"""End-to-end tests of `s2s-attn train` (subprocesses, as a user runs it)."""
+"""Tests of `s2s-attn train` and `training.train`.
+
+Subprocesses where the command line itself is under test (exit codes,
+stdout/stderr, signals); `train()` in-process for the rest.
+"""
 
 import json
 import os
@@ -8,12 +12,18 @@ import sys
 import textwrap
 import time
 
+import keras
+import numpy as np
 import pytest
 
-from keras_s2s_attn.callbacks import read_metrics
+from keras_s2s_attn import cli
+from keras_s2s_attn.callbacks import read_metrics, saved_epoch
+from keras_s2s_attn.training import train
 from tests.serving_fixtures import write_pairs
 
 SMALL = ["--units", "32", "--embedding-dim", "16", "--batch-size", "32", "--dropout", "0"]
+# The same for `train()` in-process, smaller still.
+TINY = {"units": 16, "embedding_dim": 8, "batch_size": 32, "dropout": 0.0, "verbose": 0}
 
 
 def env():
@@ -29,14 +39,16 @@ def test_train_writes_a_complete_run_directory(tmp_path):
     pairs = write_pairs(tmp_path / "pairs.tsv")
     run = tmp_path / "runs" / "demo"
     result = s2s("train", "--train", pairs, "--tokenizer", "char", "--out", str(run),
-                 "--epochs", "4", *SMALL, "--learning-rate", "0.01", "--encoder-layers", "2")
+                 "--epochs", "4", *SMALL, "--learning-rate", "0.01", "--encoder-layers", "2",
+                 "--early-stopping", "3")
     assert result.returncode == 0, result.stderr[-3000:]
     for name in ("config.json", "best.keras", "model.keras", "metrics.csv",
                  "source_vocab", "target_vocab", "logs"):
         assert (run / name).exists(), name
-    assert not (run / "backup").exists()  # removed once the run finished
+    assert saved_epoch(run) == 4  # the resume state is kept, to train on later
     config = json.loads((run / "config.json").read_text())
     assert config["model"]["units"] == 32 and config["epochs"] == 4
+    assert config["early_stopping"] == 3
     # --encoder-layers overrides --layers for the encoder only.
     assert (config["model"]["encoder_layers"], config["model"]["decoder_layers"]) == (2, 1)
     assert config["source_tokenizer"] == "char" and config["source_vocab_size"] == 4 + 8
@@ -44,10 +56,13 @@ def test_train_writes_a_complete_run_directory(tmp_path):
     assert [int(r["epoch"]) for r in rows] == [0, 1, 2, 3]
     val_losses = [float(r["val_loss"]) for r in rows]
     assert val_losses[-1] < 0.8 * val_losses[0], val_losses
-    summary = json.loads(result.stdout[result.stdout.index("{"):])
-    assert summary["epochs_trained"] == 4
+    # stdout is the JSON summary alone (`train ... > summary.json`); progress is on stderr.
+    summary = json.loads(result.stdout)
+    assert summary["epochs_trained"] == 4 and summary["diverged"] is False
     assert summary["val_loss"] == pytest.approx(min(val_losses))
-    assert "val token accuracy" in result.stdout
+    assert "Epoch 4/4" in result.stderr and "val token accuracy" in result.stderr
+    # Keras is told the number of batches: no "Unknown" first-epoch bar, no warning.
+    assert "Unknown" not in result.stderr and "ran out of data" not in result.stderr
     # A second run into the same directory is refused, not overwritten.
     again = s2s("train", "--train", pairs, "--out", str(run), "--epochs", "1", *SMALL)
     assert again.returncode == 2 and "already holds a run" in again.stderr
@@ -76,7 +91,7 @@ def test_resume_after_sigkill_trains_each_epoch_exactly_once(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     rows = read_metrics(run / "metrics.csv")
     assert [int(r["epoch"]) for r in rows] == list(range(epochs))
-    assert json.loads(result.stdout[result.stdout.index("{"):])["epochs_trained"] == epochs
+    assert json.loads(result.stdout)["epochs_trained"] == epochs
     assert (run / "model.keras").exists()
 
 
@@ -115,10 +130,7 @@ def test_cli_errors_are_clear(tmp_path):
 
 
 def test_diverging_run_stops_and_keeps_the_last_good_model(tmp_path):
-    import keras
-    import numpy as np
-
-    from keras_s2s_attn.training import load_run, train
+    from keras_s2s_attn.training import load_run
 
     class Explode(keras.callbacks.Callback):
         """From the second epoch on, a learning rate no model survives."""
@@ -134,9 +146,132 @@ def test_diverging_run_stops_and_keeps_the_last_good_model(tmp_path):
     summary = train(pairs, run, epochs=4, units=16, embedding_dim=8, batch_size=32,
                     dropout=0.0, lr_decay=False, callbacks=[Explode()], verbose=0)
     assert summary["stopped"] is not None and "NaN" in summary["stopped"]
-    assert summary["best_epoch"] == 1
+    assert summary["diverged"] is True and summary["best_epoch"] == 1
     assert not (run / "model.keras").exists()  # no final model from NaN weights
+    assert saved_epoch(run) == 1  # a resume starts again from the last good epoch
     model, _, _, _ = load_run(run)  # the best (epoch 1) model is intact
     assert all(np.isfinite(w).all() for w in model.get_weights())
     rows = read_metrics(run / "metrics.csv")
     assert np.isfinite(float(rows[0]["loss"])) and not np.isfinite(float(rows[-1]["loss"]))
+
+
+class StopAfter(keras.callbacks.Callback):
+    """A time budget: asks `fit` to stop at the end of epoch `last` (0-based); counts epochs."""
+
+    def __init__(self, last=None):
+        super().__init__()
+        self.last, self.epochs = last, []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epochs.append(epoch)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.last:
+            self.model.stop_training = True
+
+
+def test_resume_continues_a_finished_run_from_any_directory(tmp_path, monkeypatch):
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path)
+    write_pairs("pairs.tsv", n=300)
+    first = train("pairs.tsv", "run", epochs=2, learning_rate=0.01, **TINY)  # relative paths
+    assert first["epochs_trained"] == 2 and first["stopped"] is None
+    before = read_metrics("run/metrics.csv")
+    steps = int(keras.saving.load_model("run/model.keras").optimizer.iterations) // 2
+
+    monkeypatch.chdir(tmp_path / "elsewhere")  # config.json holds absolute paths
+    budget = StopAfter(last=2)
+    summary = train(None, tmp_path / "run", resume=True, epochs=5, callbacks=[budget])
+    # Only the third epoch ran, from the saved weights and optimizer state.
+    assert budget.epochs == [2]
+    rows = read_metrics(tmp_path / "run" / "metrics.csv")
+    assert rows[:2] == before and [int(row["epoch"]) for row in rows] == [0, 1, 2]
+    resumed = keras.saving.load_model(tmp_path / "run" / "model.keras")
+    assert int(resumed.optimizer.iterations) == 3 * steps
+    # A stop that a callback asks for is no divergence: the run ends with its model.keras.
+    assert summary["stopped"] == "a callback stopped training after epoch 3 of 5"
+    assert summary["diverged"] is False and summary["epochs_trained"] == 3
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["epochs"] == 5
+    # A resume that asks for no more epochs than done is refused, and trains nothing.
+    for epochs in (3, 2):
+        with pytest.raises(ValueError, match="has trained 3 epoch.* asks for "
+                                             f"{epochs} in all .*more than 3"):
+            train(None, tmp_path / "run", resume=True, epochs=epochs)
+    assert len(read_metrics(tmp_path / "run" / "metrics.csv")) == 3
+
+
+def test_early_stopping_ends_with_the_best_weights(tmp_path):
+    class Spoil(keras.callbacks.Callback):
+        """From the third epoch on, a model that is worse and stays so (learning rate 0)."""
+
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 2:
+                self.model.optimizer.learning_rate.assign(0.0)
+                bias = self.model.get_layer("output_projection").bias
+                bias.assign(bias + 100.0 * np.eye(bias.shape[0], dtype="float32")[0])
+
+    pairs = write_pairs(tmp_path / "pairs.tsv", n=300)
+    run = tmp_path / "run"
+    summary = train(pairs, run, epochs=6, learning_rate=0.01, lr_decay=False, early_stopping=1,
+                    callbacks=[Spoil()], **TINY)
+    rows = read_metrics(run / "metrics.csv")
+    val_losses = [float(row["val_loss"]) for row in rows]
+    assert len(rows) == 3 and val_losses[1] < val_losses[0] and val_losses[2] > 10
+    assert summary["epochs_trained"] == 3 and summary["best_epoch"] == 2
+    assert summary["diverged"] is False
+    assert summary["stopped"] == ("early stopping after epoch 3 of 6: val_loss did not improve "
+                                  "for 1 epoch(s); model.keras has the weights of epoch 2")
+    final = keras.saving.load_model(run / "model.keras").get_weights()
+    best = keras.saving.load_model(run / "best.keras").get_weights()
+    assert all(np.array_equal(a, b) for a, b in zip(final, best))
+
+
+@pytest.mark.parametrize("option, message", [
+    ({"learning_rate": -1}, r"`learning_rate` must be a number in \(0, inf\)"),
+    ({"learning_rate": float("nan")}, "learning_rate=nan"),
+    ({"dropout": 1.5}, r"`dropout` must be in \[0, 1\)"),
+    ({"label_smoothing": 1.0}, "label_smoothing=1.0"),
+    ({"epochs": 0}, "`epochs` must be a positive integer"),
+    ({"batch_size": -64}, "batch_size=-64"),
+    ({"units": 0}, "units=0"),
+    ({"max_source_length": 0}, "max_source_length=0"),
+    ({"early_stopping": 0}, "early_stopping=0"),
+    ({"valid_percent": 100}, "valid_percent=100"),
+    ({"cell_type": "rnn"}, "cell_type='rnn'"),
+    ({"attention": "cosine"}, "attention='cosine'"),
+    ({"strategy": "tpu"}, "strategy='tpu'"),
+    ({"tokenizer": "bytes"}, "tokenizer `kind` 'bytes'"),
+    ({"min_count": 0}, "min_count"),
+])
+def test_bad_options_are_refused_before_any_data_is_read(tmp_path, option, message):
+    # The pairs file does not exist: reading it first would raise FileNotFoundError.
+    with pytest.raises(ValueError, match=message):
+        train(str(tmp_path / "missing.tsv"), tmp_path / "run", **option)
+    assert not (tmp_path / "run").exists()
+
+
+def test_cli_refuses_a_bad_option_in_one_line(tmp_path, capsys):
+    code = cli.main(["train", "--train", str(tmp_path / "missing.tsv"), "--out",
+                     str(tmp_path / "run"), "--learning-rate", "-1"])
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == ""
+    assert captured.err.strip() == ("s2s-attn train: error: `learning_rate` must be a number "
+                                    "in (0, inf). Received: learning_rate=-1.0")
+
+
+def test_ctrl_c_stops_with_one_line_saying_how_to_resume(tmp_path):
+    pairs = write_pairs(tmp_path / "pairs.tsv", n=300)
+    run = tmp_path / "run"
+    process = subprocess.Popen(["s2s-attn", "train", "--train", pairs, "--out", str(run),
+                                "--epochs", "1000", *SMALL], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env=env())
+    deadline = time.time() + 240
+    while time.time() < deadline and saved_epoch(run) == 0:  # a resume state to keep
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-3000:]
+    assert stdout == "" and "Traceback" not in stderr
+    assert stderr.splitlines()[-1] == (
+        f"s2s-attn train: interrupted; continue with: s2s-attn train --out {run} --resume")
+    assert 1 <= saved_epoch(run) == len(read_metrics(run / "metrics.csv"))
