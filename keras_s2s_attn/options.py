@@ -5,3 +5,67 @@ The command line builds its flags and defaults from these classes, so that
 """
 
 import dataclasses
+
+# How the export may store the weights (`export_saved_model(weights_dtype=...)`).
+WEIGHT_DTYPES = ("float32", "float16", "int8", "int4")
+
+
+def _help(text):
+    """A dataclass field's help line for the command line (`--name`, from the field name)."""
+    return {"help": text}
+
+
+@dataclasses.dataclass(frozen=True)
+class ServingOptions:
+    """What `s2s-attn serve` (`keras_s2s_attn.serving.serve`) takes, and its defaults.
+
+    Every field is a `--flag` of `s2s-attn serve` (underscores as dashes),
+    with the field's default and help; `ServingOptions(**changes)` checks
+    the values and raises `ValueError` naming the one that is wrong.
+    """
+
+    host: str = dataclasses.field(
+        default="127.0.0.1",
+        metadata=_help("address to listen on; the default lets only this machine in"))
+    port: int = dataclasses.field(
+        default=8501, metadata=_help("TCP port; 0 picks a free one and prints it"))
+    max_request_bytes: int = dataclasses.field(
+        default=4 * 1024 * 1024,
+        metadata=_help("larger request bodies (after Content-Encoding) are refused with 413"))
+    max_batch_size: int = dataclasses.field(
+        default=1024, metadata=_help("most instances in one predict request; more: 400"))
+    max_connections: int = dataclasses.field(
+        default=256,
+        metadata=_help("open connections at once; a connection past them is answered 503 "
+                       "and closed"))
+    read_timeout: float = dataclasses.field(
+        default=5.0,
+        metadata=_help("seconds a request body may take to arrive (then 408 and the "
+                       "connection is closed), and to drain an unread one after an error"))
+    keepalive_timeout: float = dataclasses.field(
+        default=15.0,
+        metadata=_help("seconds a connection may sit idle, or spend sending its request line "
+                       "and headers, before it is closed"))
+    request_timeout: float = dataclasses.field(
+        default=30.0,
+        metadata=_help("seconds a predict request may wait for a worker and run (then 504), "
+                       "as TF Serving's --rest_api_timeout_in_ms"))
+    float_decimals: int = dataclasses.field(
+        default=4, metadata=_help("decimals of the floats in predict answers"))
+    workers: int = dataclasses.field(
+        default=4, metadata=_help("threads running predict requests"))
+    poll_seconds: float = dataclasses.field(
+        default=1.0, metadata=_help("how often to look for a new version directory"))
+
+    def __post_init__(self):
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be from 0 to 65535 (0: any free port); got {self.port}")
+        for name in ("max_request_bytes", "max_batch_size", "max_connections", "workers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer; got {getattr(self, name)}")
+        for name in ("read_timeout", "keepalive_timeout", "request_timeout", "poll_seconds"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be a positive number of seconds; got "
+                                 f"{getattr(self, name)}")
+        if not 0 <= self.float_decimals <= 17:
+            raise ValueError(f"float_decimals must be from 0 to 17; got {self.float_decimals}")

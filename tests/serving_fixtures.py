@@ -3,8 +3,9 @@
 import json
 import os
 import random
+import re
+import select
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -43,39 +44,63 @@ MIXED_TEXTS = (
 INVALID_UTF8 = b"ab\xff\xfecd"
 
 
-def free_port():
-    """A TCP port on loopback that nothing listens on right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 class ServeProcess:
-    """`s2s-attn serve BASE_PATH ARGS...` in its own process on a loopback port.
+    """`s2s-attn serve BASE_PATH ARGS... --port 0` in its own process, on loopback.
 
-    Use as a context manager; `request(path, body)` returns `(status, JSON)`.
+    The port is read from the URL the server prints on stdout once it is ready
+    (`stdout_line`); what it writes on stderr is kept in `stderr` (see
+    `new_stderr`). Use as a context manager; `request(path, body)` returns
+    `(status, JSON)`.
     """
 
-    def __init__(self, base_path, *args, port=None, env=None):
-        self.port = port or free_port()
-        self.command = ["s2s-attn", "serve", str(base_path), "--port", str(self.port), *args]
+    def __init__(self, base_path, *args, env=None):
+        self.command = ["s2s-attn", "serve", str(base_path), *args, "--port", "0"]
         self.env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
-        self.process = None
+        self.process, self.port, self.stdout_line, self.stderr = None, None, "", ""
 
     def __enter__(self):
         self.process = subprocess.Popen(self.command, stdout=subprocess.PIPE,
                                         stderr=subprocess.PIPE, text=True, env=self.env)
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"serve exited with {self.process.returncode}: "
-                                     f"{self.process.stderr.read()[-3000:]}")
+        os.set_blocking(self.process.stderr.fileno(), False)
+        ready, _, _ = select.select([self.process.stdout], [], [], 180)
+        self.stdout_line = self.process.stdout.readline() if ready else ""
+        match = re.fullmatch(r"Serving \S+ version [0-9]+ at http://127\.0\.0\.1:([1-9][0-9]*)"
+                             r"/v1/models/\S+\n", self.stdout_line)
+        if not match:
+            self.process.kill()
+            raise AssertionError(f"no URL on stdout: {self.stdout_line!r}; stderr: "
+                                 f"{self.new_stderr()[-3000:]}")
+        self.port = int(match.group(1))
+        return self
+
+    def new_stderr(self):
+        """What the server wrote on stderr since the last call (kept in `stderr` too)."""
+        chunks = []
+        while True:
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
-                    return self
-            except OSError:
-                time.sleep(0.2)
-        raise AssertionError("serve did not listen within 120 s")
+                chunk = os.read(self.process.stderr.fileno(), 1 << 16)
+            except BlockingIOError:
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        text = b"".join(chunks).decode("utf-8", "replace")
+        self.stderr += text
+        return text
+
+    def wait_for_log(self, pattern, seconds=10):
+        """The stderr lines written from now on until one matches `pattern`."""
+        deadline, lines = time.time() + seconds, ""
+        while time.time() < deadline:
+            lines += self.new_stderr()
+            if re.search(pattern, lines):
+                return lines
+            time.sleep(0.05)
+        raise AssertionError(f"no {pattern!r} on stderr within {seconds} s: {lines[-2000:]}")
+
+    def rss_mb(self):
+        with open(f"/proc/{self.process.pid}/status") as status:
+            return int(re.search(r"VmRSS:\s+(\d+) kB", status.read()).group(1)) / 1024
 
     def url(self, path):
         return f"http://127.0.0.1:{self.port}{path}"
@@ -91,14 +116,18 @@ class ServeProcess:
             return error.code, json.loads(error.read())
 
     def stop(self):
-        """Stops the server (SIGINT, as Ctrl-C); returns `(returncode, stdout, stderr)`."""
+        """Stops the server (SIGINT, as Ctrl-C); returns `(returncode, stdout, the stderr
+        written since the last `new_stderr`)`."""
         self.process.send_signal(signal.SIGINT)
         try:
-            stdout, stderr = self.process.communicate(timeout=30)
+            self.process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             self.process.kill()
-            stdout, stderr = self.process.communicate()
-        return self.process.returncode, stdout, stderr
+            self.process.wait()
+        os.set_blocking(self.process.stderr.fileno(), True)
+        rest = self.process.stderr.read()
+        self.stderr += rest
+        return self.process.returncode, self.process.stdout.read(), rest
 
     def __exit__(self, *exc):
         if self.process.poll() is None:

@@ -3,18 +3,25 @@
 import asyncio
 import base64
 import concurrent.futures
+import gzip
 import json
+import logging
+import os
+import shutil
 import threading
 import time
 import urllib.error
 import urllib.request
 
+import numpy as np
 import pytest
+import tensorflow as tf
 from aiohttp import web
 
 from keras_s2s_attn import export
+from keras_s2s_attn.options import ServingOptions
 from keras_s2s_attn.serving import make_app
-from keras_s2s_attn.translation import Translator
+from keras_s2s_attn.translation import Translator, open_translator
 from tests.serving_fixtures import INVALID_UTF8
 
 
@@ -22,7 +29,7 @@ class Server:
     """make_app's application on an ephemeral loopback port, in a thread."""
 
     def __init__(self, base_path, **options):
-        self.app = make_app(base_path, poll_seconds=0.2, **options)
+        self.app = make_app(base_path, ServingOptions(**{"poll_seconds": 0.2, **options}))
         self.loop = asyncio.new_event_loop()
         started = threading.Event()
 
@@ -43,9 +50,9 @@ class Server:
     def url(self, path):
         return f"http://127.0.0.1:{self.port}{path}"
 
-    def request(self, path, body=None, raw=None):
+    def request(self, path, body=None, raw=None, headers=None):
         data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
-        request = urllib.request.Request(self.url(path), data=data,
+        request = urllib.request.Request(self.url(path), data=data, headers=headers or {},
                                          method="POST" if data is not None else "GET")
         try:
             with urllib.request.urlopen(request, timeout=120) as response:
@@ -63,12 +70,23 @@ class Server:
 def served(tiny_run, tmp_path_factory):
     base = tmp_path_factory.mktemp("served") / "reverser"
     export.export_saved_model(tiny_run, base, beam_width=3)
-    server = Server(base, max_request_bytes=64 * 1024)
+    server = Server(base, max_request_bytes=64 * 1024, max_batch_size=8)
     yield server, base, Translator.from_run(tiny_run, beam_width=3)
     server.close()
 
 
 PREDICT = "/v1/models/reverser:predict"
+
+
+def wait_for(condition, seconds=60):
+    """Polls `condition()` until it is true (returning it) or `seconds` pass (None)."""
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.1)
+    return None
 
 
 def test_status_and_metadata(served):
@@ -128,9 +146,10 @@ def test_bad_inputs_get_sensible_answers(served):
     assert rows[2]["truncated"] is True and rows[0]["truncated"] is False
     assert rows[3]["source_tokens"][:6] == ["a", "b", "[UNK]", "[UNK]", "c", "d"]
     assert server.request(PREDICT, {"instances": []}) == (200, {"predictions": []})
+    signature = server.request("/v1/models/reverser/metadata")[1]["metadata"][
+        "signature_def"]["signature_def"]["serving_default"]
     assert server.request(PREDICT, {"inputs": []}) == (200, {"outputs": {
-        name: [] for name in ("attention", "score", "source_tokens", "target_tokens",
-                              "translation", "truncated")}})
+        name: [] for name in signature["outputs"]}})
 
 
 @pytest.mark.parametrize(
@@ -148,13 +167,115 @@ def test_bad_inputs_get_sensible_answers(served):
         (None, b'{"instances": ["abc"', 400, "Malformed JSON"),
         (None, b"\xff\xfe", 400, "Malformed JSON"),
         (None, b'{"instances": ["' + b"a" * 70_000 + b'"]}', 413, "larger than"),
+        # Issue 14: each of these was a 500 with a traceback in the log.
+        pytest.param(None, b'{"instances": ' + b"[" * 30_000 + b"]" * 30_000 + b"}", 400,
+                     "nested more than", id="deep-nesting"),
+        pytest.param(None, b'{"instances": [' + b"7" * 5000 + b"]}", 400,
+                     "a number longer than 4300", id="5000-digits"),
+        pytest.param(None, b'{"instances": ["ok", "\\ud800"]}', 400,
+                     "instances[1] is not valid Unicode: it holds the lone surrogate",
+                     id="lone-surrogate"),
+        pytest.param(None, b'{"inputs": {"text": ["ok", "x\\udfff"]}}', 400,
+                     "inputs[1] is not valid Unicode", id="lone-surrogate-columns"),
+        pytest.param({"instances": ["a"], "output_filter": ["translation", "nope"]}, None, 400,
+                     "['nope'] not among the outputs", id="unknown-output"),
+        pytest.param({"instances": ["a"], "output_filter": "translation"}, None, 400,
+                     "'output_filter' must be a list", id="output-filter-not-a-list"),
+        pytest.param({"instances": [{"k" * 40_000: "a"}]}, None, 400,
+                     "instances[0] must have exactly the key 'text'", id="long-key"),
+        pytest.param({"instances": [[[[[[[["a"]]]]]]]]}, None, 400,
+                     "instances[0] must be a string", id="nested-instance"),
     ],
 )
-def test_client_errors_are_json_and_the_server_stays_up(served, body, raw, status, words):
+def test_client_errors_are_json_and_the_server_stays_up(served, body, raw, status, words,
+                                                        caplog):
     server, _, _ = served
     got_status, got = server.request(PREDICT, body=body, raw=raw)
     assert got_status == status and words in got["error"], got
+    assert "\n" not in got["error"] and len(got["error"]) < 500
     assert server.request(PREDICT, {"instances": ["abc"]})[0] == 200
+    assert not [record for record in caplog.records if record.exc_info], "a traceback was logged"
+
+
+def test_content_encoding_is_decoded_within_the_limit(served, caplog):
+    server, _, _ = served
+    body = json.dumps({"instances": ["abc"]}).encode()
+    status, answer = server.request(PREDICT, raw=gzip.compress(body),
+                                    headers={"Content-Encoding": "gzip"})
+    assert status == 200 and answer["predictions"][0]["translation"] == "CBA"
+    # A body that is not what its Content-Encoding says (issue 14: a 500 and two tracebacks).
+    status, answer = server.request(PREDICT, raw=body, headers={"Content-Encoding": "gzip"})
+    assert status == 400 and "not gzip data, as its Content-Encoding says" in answer["error"]
+    status, answer = server.request(PREDICT, raw=gzip.compress(body)[:-9],
+                                    headers={"Content-Encoding": "gzip"})
+    assert status == 400 and "cut short" in answer["error"]
+    # 20 MB of spaces in 20 kB: refused once past the limit, not decompressed whole.
+    bomb = gzip.compress(b'{"instances": ["abc"]' + b" " * 20_000_000 + b"}")
+    status, answer = server.request(PREDICT, raw=bomb, headers={"Content-Encoding": "gzip"})
+    assert status == 413 and "65536 bytes once decompressed" in answer["error"]
+    status, answer = server.request(PREDICT, raw=body, headers={"Content-Encoding": "br"})
+    assert status == 415 and "Unsupported Content-Encoding 'br'" in answer["error"]
+    assert not [record for record in caplog.records if record.exc_info], "a traceback was logged"
+
+
+def test_batch_size_is_capped(served):
+    server, _, _ = served
+    assert server.request(PREDICT, {"instances": ["abc"] * 8})[0] == 200
+    for body in ({"instances": ["abc"] * 9}, {"inputs": {"text": ["abc"] * 9}}):
+        status, answer = server.request(PREDICT, body)
+        assert status == 400, answer
+        assert "holds 9 instances; the limit is 8 a request (--max-batch-size)" in answer["error"]
+
+
+def test_rows_hold_their_own_lengths_and_rounded_floats(served):
+    """Issue 14: each row held the batch's padded attention, in floats of 17 digits."""
+    server, _, translator = served
+    texts = ["ab", "hgfedcba", ""]
+    local = translator(texts)
+    status, body = server.request(PREDICT, {"instances": texts})
+    assert status == 200
+    for row, i in zip(body["predictions"], range(len(texts))):
+        source = [t.decode() for t in local["source_tokens"][i] if t]
+        target = [t.decode() for t in local["target_tokens"][i] if t]
+        assert row["source_tokens"] == source and row["target_tokens"] == target
+        assert len(row["attention"]) == len(target)
+        assert all(len(weights) == len(source) for weights in row["attention"])
+        np.testing.assert_allclose(
+            np.reshape(row["attention"], (len(target), len(source))),
+            local["attention"][i][:len(target), :len(source)], atol=5e-5)
+        floats = [row["score"], *np.ravel(row["attention"]).tolist()]
+        assert all(value == round(value, 4) for value in floats)
+    # A short text's row is the same size in a batch with long texts as alone.
+    alone = server.request(PREDICT, {"instances": ["ab"]})[1]["predictions"][0]
+    assert np.shape(alone["attention"]) == np.shape(body["predictions"][0]["attention"])
+    # Columns stay the batch's tensors, as TF Serving's.
+    columns = server.request(PREDICT, {"inputs": texts})[1]["outputs"]
+    assert np.shape(columns["attention"]) == local["attention"].shape
+
+
+def test_output_filter_answers_only_the_outputs_asked_for(served):
+    server, _, _ = served
+    status, body = server.request(PREDICT, {"instances": ["abc", "dd"],
+                                            "output_filter": ["translation"]})
+    assert (status, body) == (200, {"predictions": [{"translation": "CBA"},
+                                                    {"translation": "DD"}]})
+    status, body = server.request(PREDICT, {"inputs": ["abc"],
+                                            "output_filter": ["score", "attention"]})
+    assert status == 200 and set(body["outputs"]) == {"score", "attention"}
+    assert np.shape(body["outputs"]["attention"]) == (1, 4, 3)
+    status, body = server.request(PREDICT, {"instances": ["abc"], "output_filter": []})
+    assert status == 200 and "attention" in body["predictions"][0]
+
+
+def test_request_timeout_is_a_504(served, tiny_run):
+    _, base, _ = served
+    server = Server(base, request_timeout=0.001)
+    try:
+        status, body = server.request(PREDICT, {"instances": ["hgfedcba"] * 512})
+        assert status == 504 and "within 0.001 s (--request-timeout)" in body["error"]
+        assert server.request("/v1/models/reverser")[0] == 200
+    finally:
+        server.close()
 
 
 def test_unknown_model_and_version_are_404(served):
@@ -199,6 +320,101 @@ def test_new_version_is_picked_up(tiny_run, tmp_path):
         assert status == 200 and len(body["predictions"][0]["translation"]) == 2
         assert server.request("/v1/models/moving/versions/1:predict",
                               {"instances": ["a"]})[0] == 404
+    finally:
+        server.close()
+
+
+def copy_version(source, target):
+    """Copies a version directory the way an export writes one: beside it, then renamed."""
+    shutil.copytree(source, f"{target}.partial")
+    os.rename(f"{target}.partial", target)
+
+
+def test_a_broken_version_is_reported_once_and_the_last_good_one_serves(served, tmp_path,
+                                                                        caplog):
+    """Issue 14: a junk 99/ was a 32-line traceback every second, and not in the status."""
+    _, base, _ = served
+    moving = tmp_path / "reverser"
+    copy_version(base / "1", moving / "1")
+    (moving / "5").mkdir()  # empty: fails to load at start-up, and version 1 serves
+    caplog.set_level(logging.ERROR, logger="keras_s2s_attn.serving")
+    server = Server(moving)
+    try:
+        (moving / "99").mkdir()
+        (moving / "99" / "saved_model.pb").write_bytes(b"junk")
+        status = wait_for(lambda: [entry for entry in server.request("/v1/models/reverser")[1][
+            "model_version_status"] if entry["version"] == "99"])
+        assert status and status[0]["state"] == "END", status
+        assert status[0]["status"]["error_code"] == "UNKNOWN"
+        assert "Cannot parse file" in status[0]["status"]["error_message"]
+        time.sleep(1.0)  # five more polls, with nothing new to log
+        states = server.request("/v1/models/reverser")[1]["model_version_status"]
+        assert [(entry["version"], entry["state"]) for entry in states] == [
+            ("99", "END"), ("5", "END"), ("1", "AVAILABLE")]
+        assert server.request("/v1/models/reverser/versions/99")[1] == {
+            "model_version_status": status}
+        assert server.request(PREDICT, {"instances": ["abc"]})[0] == 200
+        assert server.request("/v1/models/reverser/versions/99:predict",
+                              {"instances": ["abc"]})[0] == 404
+        failures = [record.getMessage().split(":")[0] for record in caplog.records]
+        assert failures == ["version 5 of reverser failed to load",
+                            "version 99 of reverser failed to load"]
+        assert not [record for record in caplog.records if record.exc_info]
+        # Replaced by a good one, version 99 loads: its files changed.
+        shutil.rmtree(moving / "99")
+        copy_version(base / "1", moving / "99")
+        assert wait_for(lambda: server.request("/v1/models/reverser")[1][
+            "model_version_status"][0] == {"version": "99", "state": "AVAILABLE", "status": {
+                "error_code": "OK", "error_message": ""}})
+        assert server.request("/v1/models/reverser/versions/99:predict",
+                              {"instances": ["abc"]})[0] == 200
+    finally:
+        server.close()
+
+
+def test_only_ascii_digit_names_are_versions(served, tiny_run, tmp_path):
+    """Issue 14: `²/` (isdigit() but not int()) broke serve, translate and export."""
+    _, base, _ = served
+    moving = tmp_path / "reverser"
+    copy_version(base / "1", moving / "1")
+    for name in ("\u00b2", "\u0663", "007", "-3", "1e3"):
+        (moving / name).mkdir()
+    assert export.versions(moving) == [1]
+    assert export.latest_version_dir(moving) == str(moving / "1")
+    assert open_translator(str(moving))(["abc"])["translation"].tolist() == [b"CBA"]
+    server = Server(moving)
+    try:
+        assert server.request(PREDICT, {"instances": ["abc"]})[0] == 200
+    finally:
+        server.close()
+    assert export.export_saved_model(tiny_run, moving).endswith(os.sep + "2")
+
+
+def rewrite_warmup(version_dir, signature):
+    """Replaces a version's warm-up file by one predict request for `signature`."""
+    from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
+
+    request = predict_pb2.PredictRequest(
+        model_spec=model_pb2.ModelSpec(name="reverser", signature_name=signature))
+    request.inputs["text"].CopyFrom(tf.make_tensor_proto(["abc"], dtype=tf.string))
+    with tf.io.TFRecordWriter(os.path.join(version_dir, export.WARMUP_FILE)) as writer:
+        writer.write(prediction_log_pb2.PredictionLog(
+            predict_log=prediction_log_pb2.PredictLog(request=request)).SerializeToString())
+
+
+def test_warmup_requests_run_before_a_version_serves(served, tmp_path):
+    """A version is served once its own warm-up requests ran; one whose warm-up fails is not."""
+    _, base, _ = served
+    moving = tmp_path / "reverser"
+    copy_version(base / "1", moving / "1")
+    copy_version(base / "1", moving / "2")
+    rewrite_warmup(moving / "2", "no_such_signature")
+    server = Server(moving)
+    try:
+        states = server.request("/v1/models/reverser")[1]["model_version_status"]
+        assert [(entry["version"], entry["state"]) for entry in states] == [
+            ("2", "END"), ("1", "AVAILABLE")]
+        assert "asks for signature 'no_such_signature'" in states[0]["status"]["error_message"]
     finally:
         server.close()
 

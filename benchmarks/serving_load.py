@@ -1,0 +1,169 @@
+"""Serving load: concurrent clients against `s2s-attn serve`, started here on loopback.
+
+Starts `s2s-attn serve MODEL --port 0` as a subprocess (its log goes to a
+temporary file), then:
+
+1. load: `--clients` concurrent clients each send `--requests` predict
+   requests of `--batch` words, one after another (bounded in count, and in
+   time by `--time-limit`); reports requests/s, p50/p99 latency, errors;
+2. memory: `--max-size-requests` requests of `--max-batch-size` words, one
+   at a time; reports the server's RSS after the first and after the last
+   (issue 14: it must not grow by more than 300 MB).
+
+The server's RSS is read from /proc (Linux) before the load and after each
+phase. Words are random lower-case letter strings (seeded), or the first
+column of `--words FILE`. Only the runtime install and the standard library
+are needed (the client is aiohttp's).
+
+    python benchmarks/serving_load.py [saved_models/g2p_en] [--clients 64] [--requests 20]
+"""
+
+import argparse
+import asyncio
+import os
+import random
+import re
+import select
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import aiohttp
+
+from keras_s2s_attn.options import ServingOptions
+
+
+def start_server(model, log, max_batch_size):
+    """`s2s-attn serve MODEL --port 0`; returns `(process, base URL of the model)`."""
+    process = subprocess.Popen(
+        ["s2s-attn", "serve", model, "--port", "0", "--max-batch-size", str(max_batch_size)],
+        stdout=subprocess.PIPE, stderr=log, text=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    ready, _, _ = select.select([process.stdout], [], [], 300)
+    line = process.stdout.readline() if ready else ""
+    match = re.search(r"at (http://127\.0\.0\.1:[0-9]+/v1/models/\S+)", line)
+    if not match:
+        process.kill()
+        raise SystemExit(f"the server did not start: {line!r} (its log: {log.name})")
+    return process, match.group(1)
+
+
+def rss_mb(pid):
+    with open(f"/proc/{pid}/status") as status:
+        return int(re.search(r"VmRSS:\s+(\d+) kB", status.read()).group(1)) / 1024
+
+
+def read_words(path, count, seed=0):
+    if path:
+        with open(path, encoding="utf-8") as handle:
+            words = [line.split("\t")[0].strip() for line in handle if line.strip()]
+        return (words * (count // len(words) + 1))[:count]
+    rng = random.Random(seed)
+    return ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(3, 10)))
+            for _ in range(count)]
+
+
+async def client(session, url, words, batch, requests, deadline, timeout, results):
+    """One client: `requests` predict requests in turn, until `deadline`."""
+    for index in range(requests):
+        if time.monotonic() > deadline:
+            return
+        start = index * batch % max(1, len(words) - batch)
+        body = {"instances": words[start: start + batch]}
+        began = time.perf_counter()
+        try:
+            async with session.post(url, json=body, timeout=timeout) as response:
+                await response.read()
+                ok = response.status == 200
+        except (aiohttp.ClientError, asyncio.TimeoutError):
+            ok = False
+        results.append((time.perf_counter() - began, ok))
+
+
+async def load(url, words, args):
+    """Runs the clients at once; returns `(seconds, [(latency, ok), ...])`."""
+    results = []
+    timeout = aiohttp.ClientTimeout(total=args.request_timeout)
+    connector = aiohttp.TCPConnector(limit=args.clients)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        deadline = time.monotonic() + args.time_limit
+        began = time.perf_counter()
+        await asyncio.gather(*(client(session, url, words, args.batch, args.requests, deadline,
+                                      timeout, results) for _ in range(args.clients)))
+        return time.perf_counter() - began, results
+
+
+async def memory(url, words, pid, count, timeout):
+    """`count` requests of all `words`, one at a time.
+
+    Returns:
+        `(RSS after the first, RSS after the last, requests that failed)`, in MB.
+    """
+    first, failed = None, 0
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session:
+        for _ in range(count):
+            try:
+                async with session.post(url, json={"instances": words}) as response:
+                    await response.read()
+                    failed += response.status != 200
+            except (aiohttp.ClientError, asyncio.TimeoutError):
+                failed += 1
+            first = rss_mb(pid) if first is None else first
+    return first, rss_mb(pid), failed
+
+
+def main():
+    defaults = ServingOptions()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("model", nargs="?", default="saved_models/g2p_en")
+    parser.add_argument("--clients", type=int, default=64)
+    parser.add_argument("--requests", type=int, default=20, help="requests per client")
+    parser.add_argument("--batch", type=int, default=1, help="words per load request")
+    parser.add_argument("--max-batch-size", type=int, default=defaults.max_batch_size)
+    parser.add_argument("--max-size-requests", type=int, default=100)
+    parser.add_argument("--words", help="a file of words, one per line (or TSV)")
+    parser.add_argument("--time-limit", type=float, default=300.0,
+                        help="seconds after which the clients stop sending")
+    parser.add_argument("--request-timeout", type=float, default=120.0)
+    args = parser.parse_args()
+
+    words = read_words(args.words, max(args.max_batch_size, args.batch * args.requests))
+    with tempfile.NamedTemporaryFile("w+", suffix=".log") as log:
+        process, base = start_server(args.model, log, args.max_batch_size)
+        url = base + ":predict"
+        try:
+            before = rss_mb(process.pid)
+            seconds, results = asyncio.run(load(url, words, args))
+            after_load = rss_mb(process.pid)
+            first, last, refused = asyncio.run(memory(
+                url, words[:args.max_batch_size], process.pid, args.max_size_requests,
+                args.request_timeout))
+        finally:
+            process.send_signal(signal.SIGINT)
+            process.wait(60)
+        log.seek(0)
+        server_log = log.read()
+
+    if len(results) < 2:
+        raise SystemExit(f"only {len(results)} requests finished within --time-limit")
+    percentiles = statistics.quantiles([latency for latency, _ in results], n=100)
+    errors = sum(not ok for _, ok in results)
+    print(f"server:  {base} (exit {process.returncode}); "
+          f"{server_log.count(' ms instances=')} access lines, "
+          f"{server_log.count('Traceback')} tracebacks")
+    print(f"load:    {args.clients} clients x {args.requests} requests of {args.batch} word(s): "
+          f"{len(results)} requests in {seconds:.1f} s = {len(results) / seconds:.1f} requests/s,"
+          f" p50 {1000 * percentiles[49]:.1f} ms, p99 {1000 * percentiles[98]:.1f} ms, "
+          f"{errors} errors")
+    print(f"memory:  server RSS {before:.0f} MB before the load, {after_load:.0f} MB after it; "
+          f"{args.max_size_requests} requests of {args.max_batch_size} words: "
+          f"{first:.0f} MB after the first, {last:.0f} MB after the last "
+          f"({last - first:+.0f} MB), {refused} not 200")
+    return 1 if errors or refused or process.returncode else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
