@@ -1,53 +1,89 @@
-"""Sequence-to-sequence models with Bahdanau and Luong attention for Keras 3."""
+"""Sequence-to-sequence models with Bahdanau and Luong attention for Keras 3.
 
-from keras_s2s_attn.layers import (
-    AttentionDecoder,
-    AttentionDecoderCell,
-    BahdanauLuongAttention,
-    Encoder,
-    StateBridge,
-    masked_softmax,
-)
-from keras_s2s_attn.models import (
-    MaskedAccuracy,
-    MaskedSparseCategoricalCrossentropy,
-    attention_model,
-    build_seq2seq_model,
-)
-from keras_s2s_attn.special_ids import END_ID, PAD_ID, START_ID, UNK_ID
+Importing the package loads nothing heavy: each name below is imported on
+first use, so `s2s-attn --help` starts without TensorFlow, and the layers and
+`build_seq2seq_model` work on every Keras backend while the TensorFlow side
+(tokenizers, `tf.data`, decoding in `tf.function`, export, serving) is only
+imported when used.
 
-# The TensorFlow-side API, also what the s2s-attn command runs.
-from keras_s2s_attn.decoding import Decoder  # noqa: E402
-from keras_s2s_attn.evaluation import evaluate_texts  # noqa: E402
-from keras_s2s_attn.export import export_saved_model  # noqa: E402
-from keras_s2s_attn.text import load_tokenizer, make_tokenizer  # noqa: E402
-from keras_s2s_attn.training import load_run, train  # noqa: E402
-from keras_s2s_attn.translation import Translator, translate  # noqa: E402
+Keras can load a saved model only once its classes are registered, which
+their modules do when imported. So the layers, the loss and the metric are
+imported as soon as Keras is: at once if it already is, else right after
+`import keras` runs (`_RegisterAfterKeras`). `import keras_s2s_attn` then
+`keras.saving.load_model("model.keras")` works in either order of imports.
+"""
+
+import importlib
+import importlib.abc
+import importlib.util
+import sys
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "AttentionDecoder",
-    "Decoder",
-    "Translator",
-    "evaluate_texts",
-    "export_saved_model",
-    "load_run",
-    "load_tokenizer",
-    "make_tokenizer",
-    "train",
-    "translate",
-    "AttentionDecoderCell",
-    "BahdanauLuongAttention",
-    "END_ID",
-    "Encoder",
-    "MaskedAccuracy",
-    "MaskedSparseCategoricalCrossentropy",
-    "PAD_ID",
-    "START_ID",
-    "StateBridge",
-    "UNK_ID",
-    "attention_model",
-    "build_seq2seq_model",
-    "masked_softmax",
-]
+_EXPORTS = {
+    **dict.fromkeys(("AttentionDecoder", "AttentionDecoderCell", "BahdanauLuongAttention",
+                     "Encoder", "StateBridge", "masked_softmax"), "keras_s2s_attn.layers"),
+    **dict.fromkeys(("MaskedAccuracy", "MaskedSparseCategoricalCrossentropy",
+                     "attention_model", "build_seq2seq_model"), "keras_s2s_attn.models"),
+    **dict.fromkeys(("END_ID", "PAD_ID", "START_ID", "UNK_ID"), "keras_s2s_attn.special_ids"),
+    "evaluate_texts": "keras_s2s_attn.evaluation",
+    # The TensorFlow side.
+    "Decoder": "keras_s2s_attn.decoding",
+    "export_saved_model": "keras_s2s_attn.export",
+    **dict.fromkeys(("load_tokenizer", "make_tokenizer"), "keras_s2s_attn.text"),
+    **dict.fromkeys(("load_run", "train"), "keras_s2s_attn.training"),
+    **dict.fromkeys(("Translator", "translate"), "keras_s2s_attn.translation"),
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'keras_s2s_attn' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))
+
+
+def _register_keras_objects():
+    """Imports the modules whose Keras classes `keras.saving.load_model` must find."""
+    importlib.import_module("keras_s2s_attn.models")  # the layers, the loss, the metric
+
+
+class _RegisterAfterKeras(importlib.abc.MetaPathFinder):
+    """A one-shot import hook: lets `import keras` run, then registers our classes.
+
+    It finds Keras's own module spec and wraps that loader's `exec_module`
+    (the module's loader stays Keras's own), so nothing about the import of
+    Keras changes but what happens after it.
+    """
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != "keras":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(fullname)
+        if spec is None or spec.loader is None:
+            return spec
+        loader, execute = spec.loader, spec.loader.exec_module
+
+        def exec_module(module):
+            try:
+                execute(module)
+            finally:
+                del loader.exec_module  # the loader's own method again
+            _register_keras_objects()
+
+        loader.exec_module = exec_module
+        return spec
+
+
+if "keras" in sys.modules:
+    _register_keras_objects()
+elif not any(isinstance(finder, _RegisterAfterKeras) for finder in sys.meta_path):
+    sys.meta_path.insert(0, _RegisterAfterKeras())

@@ -4,11 +4,10 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-# Loaded with the package (its __init__ imports the export) at no extra cost.
-from keras_s2s_attn.export import WEIGHT_DTYPES
+from keras_s2s_attn.evaluation import METRICS
+from keras_s2s_attn.options import WEIGHT_DTYPES
 
 
 def _positive_int(text):
@@ -19,7 +18,8 @@ def _positive_int(text):
 
 
 def _column(text):
-    return int(text) if text.isdigit() else text
+    """A column index (ASCII digits: "²".isdigit() is True too) or a column name."""
+    return int(text) if text.isascii() and text.isdigit() else text
 
 
 def _add_train(subparsers):
@@ -42,7 +42,8 @@ def _add_train(subparsers):
     parser.add_argument("--max-vocab-size", type=_positive_int)
     parser.add_argument("--min-count", type=_positive_int, default=1)
     parser.add_argument("--epochs", type=_positive_int,
-                        help="total epochs (default 10; with --resume, the run's own total)")
+                        help="total epochs, those done before a --resume included (default "
+                             "10; with --resume, the run's own total)")
     parser.add_argument("--batch-size", type=_positive_int, default=64)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--label-smoothing", type=float, default=0.0)
@@ -66,7 +67,10 @@ def _add_train(subparsers):
     parser.add_argument("--dropout", type=float, default=0.1)
     parser.add_argument("--max-source-length", type=_positive_int)
     parser.add_argument("--max-target-length", type=_positive_int)
-    parser.add_argument("--on-bad-row", default="error", choices=["error", "skip"])
+    parser.add_argument("--on-bad-row", default="error", choices=["error", "skip"],
+                        help="a malformed row (a missing column, bytes that are not UTF-8, an "
+                             "empty side, a line over 64 KiB) stops the run with its file:line "
+                             "(error), or is skipped with a warning (skip)")
     parser.add_argument("--source-column", type=_column, default=0,
                         help="column index or name (a name implies a header row)")
     parser.add_argument("--target-column", type=_column, default=1)
@@ -76,36 +80,60 @@ def _add_train(subparsers):
     parser.add_argument("--no-lr-decay", action="store_true",
                         help="keep the learning rate constant (default: halve it when the "
                              "validation loss stalls)")
+    parser.add_argument("--early-stopping", type=_positive_int, metavar="PATIENCE",
+                        help="stop when the validation loss has not improved for PATIENCE "
+                             "epochs, and keep the best epoch's weights in model.keras")
     parser.add_argument("--resume", action="store_true",
-                        help="continue the run in --out from its last finished epoch")
+                        help="continue the run in --out after its last finished epoch, with "
+                             "its options; a finished run needs a larger --epochs")
     parser.set_defaults(handler=_train)
 
 
 def _train(args):
-    from keras_s2s_attn.training import train
+    """Runs `training.train`: progress on stderr, only the JSON summary on stdout.
+
+    Exits 1 if the loss diverged, 130 on Ctrl-C (saying how to resume).
+    """
+    import contextlib
+    import shlex
+
+    from keras_s2s_attn.training import CONFIG_FILE, train
 
     if args.train is None and not args.resume:
-        raise SystemExit("s2s-attn train: error: --train is required (unless --resume)")
-    summary = train(
-        args.train, args.out, valid_data=args.valid, tokenizer=args.tokenizer,
-        source_tokenizer=args.source_tokenizer, target_tokenizer=args.target_tokenizer,
-        lower=args.lower, normalization=None if args.no_normalize else "NFKC",
-        max_vocab_size=args.max_vocab_size, min_count=args.min_count, epochs=args.epochs,
-        batch_size=args.batch_size, learning_rate=args.learning_rate,
-        label_smoothing=args.label_smoothing, embedding_dim=args.embedding_dim,
-        units=args.units, encoder_layers=args.encoder_layers or args.layers,
-        decoder_layers=args.decoder_layers or args.layers,
-        cell_type=args.cell, attention=None if args.attention == "none" else args.attention,
-        style=args.style, input_feeding=not args.no_input_feeding, window=args.window,
-        window_mode=args.window_mode, normalize_attention=args.normalize_attention,
-        dropout=args.dropout,
-        max_source_length=args.max_source_length, max_target_length=args.max_target_length,
-        on_bad_row=args.on_bad_row, source_column=args.source_column,
-        target_column=args.target_column, header=args.header or None, seed=args.seed,
-        strategy=args.strategy, resume=args.resume, lr_decay=not args.no_lr_decay,
-    )
+        raise ValueError("--train is required (unless --resume)")
+    try:
+        with contextlib.redirect_stdout(sys.stderr):  # Keras prints its progress to stdout
+            summary = train(
+                args.train, args.out, valid_data=args.valid, tokenizer=args.tokenizer,
+                source_tokenizer=args.source_tokenizer, target_tokenizer=args.target_tokenizer,
+                lower=args.lower, normalization=None if args.no_normalize else "NFKC",
+                max_vocab_size=args.max_vocab_size, min_count=args.min_count,
+                epochs=args.epochs, batch_size=args.batch_size,
+                learning_rate=args.learning_rate, label_smoothing=args.label_smoothing,
+                embedding_dim=args.embedding_dim, units=args.units,
+                encoder_layers=args.encoder_layers or args.layers,
+                decoder_layers=args.decoder_layers or args.layers, cell_type=args.cell,
+                attention=None if args.attention == "none" else args.attention,
+                style=args.style, input_feeding=not args.no_input_feeding,
+                window=args.window, window_mode=args.window_mode,
+                normalize_attention=args.normalize_attention, dropout=args.dropout,
+                max_source_length=args.max_source_length,
+                max_target_length=args.max_target_length, on_bad_row=args.on_bad_row,
+                source_column=args.source_column, target_column=args.target_column,
+                header=args.header or None, seed=args.seed, strategy=args.strategy,
+                resume=args.resume, lr_decay=not args.no_lr_decay,
+                early_stopping=args.early_stopping,
+            )
+    except KeyboardInterrupt:
+        if os.path.exists(os.path.join(args.out, CONFIG_FILE)):
+            hint = f"continue with: s2s-attn train --out {shlex.quote(args.out)} --resume"
+        else:
+            hint = "nothing to resume: the run had not started"
+        # On a line of its own: Keras leaves its progress bar's line open.
+        print(f"\ns2s-attn train: interrupted; {hint}", file=sys.stderr)
+        return 130
     print(json.dumps(summary, indent=2))
-    return 1 if summary["stopped"] else 0
+    return 1 if summary["diverged"] else 0
 
 
 def _add_export(subparsers):
@@ -168,7 +196,8 @@ def _add_translate(subparsers):
                         help="beam width (an exported model has its width fixed at export)")
     parser.add_argument("--json", action="store_true", help="print every output as JSON")
     parser.add_argument("--plot", metavar="FILE.png",
-                        help="save the attention maps of the texts as one PNG")
+                        help="save the attention maps of the texts as one PNG (of the first "
+                             f"{MAX_PLOTTED_MAPS} texts at most)")
     parser.set_defaults(handler=_translate)
 
 
@@ -176,32 +205,88 @@ def _read_lines(path):
     """The lines of a UTF-8 file (or stdin for "-"), without their line ends.
 
     Only "\n" (and "\r\n") end a line: `str.splitlines` would also split at
-    U+2028 and other separators inside a text and misalign the outputs.
+    U+2028 and other separators inside a text and misalign the outputs. A
+    line that is not UTF-8, or longer than `data.MAX_LINE_BYTES`, is refused
+    with its file and line number.
     """
-    if path == "-":
-        text = sys.stdin.read()
-    else:
-        try:  # open() rather than isfile(): pipes such as <(cut -f1 pairs.tsv) are fine
-            with open(path, encoding="utf-8", newline="") as handle:
-                text = handle.read()
-        except (FileNotFoundError, IsADirectoryError):
-            raise FileNotFoundError(f"--input: no such file {path!r}") from None
-    lines = text.split("\n")
-    if lines[-1] == "":
-        lines.pop()
-    return [line.removesuffix("\r") for line in lines]
+    from keras_s2s_attn.data import text_lines
+
+    name = "<stdin>" if path == "-" else path
+    try:  # open() rather than isfile(): pipes such as <(cut -f1 pairs.tsv) are fine
+        handle = sys.stdin.buffer if path == "-" else open(path, "rb")
+    except (FileNotFoundError, IsADirectoryError):
+        raise FileNotFoundError(f"--input: no such file {path!r}") from None
+    lines = []
+    with handle:
+        for number, text, problem in text_lines(handle):
+            if problem:
+                raise ValueError(f"--input: {name}:{number}: {problem}")
+            lines.append(text)
+    return lines
 
 
 def _in_batches(run, texts, batch_size, progress=False):
-    """Yields `run`'s output dict for each batch of `texts`, in order."""
+    """Yields `(texts of the batch, run's output dict)` for each batch of `texts`, in order."""
     for start in range(0, len(texts), batch_size):
-        yield run(texts[start: start + batch_size])
+        batch = texts[start: start + batch_size]
+        yield batch, run(batch)
         if progress:
             done = min(start + batch_size, len(texts))
             bar = "#" * (30 * done // len(texts))
             print(f"\r[{bar:<30}] {done}/{len(texts)}", end="", file=sys.stderr, flush=True)
     if progress:
         print(file=sys.stderr)
+
+
+# translate --plot draws the maps of at most this many texts (a figure per map
+# grows with its tokens; hundreds of them made PNGs 100,000 pixels tall).
+MAX_PLOTTED_MAPS = 16
+
+
+class _Printer:
+    """Prints translations as they are decoded: one per line, or one JSON array."""
+
+    def __init__(self, as_json):
+        self.as_json, self.rows = as_json, 0
+
+    def write(self, outputs):
+        if not self.as_json:
+            for text in outputs["translation"]:
+                print(text.decode("utf-8"))
+            return
+        from keras_s2s_attn.serving import format_outputs
+
+        for row in format_outputs(outputs, row_format=True)["predictions"]:
+            print(("[" if self.rows == 0 else ",") + json.dumps(row, ensure_ascii=False))
+            self.rows += 1
+
+    def close(self):
+        if self.as_json:
+            print("[]" if self.rows == 0 else "]")
+
+
+def _unknown_note(texts, unknown):
+    """A note for stderr when source tokens were unknown to the model, else None."""
+    rows = [(text, count) for text, count in zip(texts, unknown) if count]
+    if not rows:
+        return None
+    text, count = rows[0]
+    return (f"note: {len(rows)} of {len(texts)} texts had source tokens the model does not "
+            f"know, read as [UNK] ({sum(unknown)} in all; first: {text!r}, {count}). Check the "
+            "input against the training data (case, script, alphabet); --json shows "
+            "unknown_tokens per text.")
+
+
+def _attention_maps(texts, outputs, limit):
+    """Up to `limit` `(attention, source tokens, target tokens, title)` maps of a batch."""
+    maps = []
+    for i, text in enumerate(texts):
+        if len(maps) == limit:
+            break
+        if any(outputs["target_tokens"][i]) and any(outputs["source_tokens"][i]):
+            maps.append((outputs["attention"][i], outputs["source_tokens"][i],
+                         outputs["target_tokens"][i], text))
+    return maps
 
 
 def _translate(args):
@@ -217,29 +302,31 @@ def _translate(args):
     if args.plot and "attention" not in run.output_names:
         raise ValueError(f"--plot: {args.model!r} was built without attention "
                          "(--attention none), so there is no attention map to draw.")
-    batches = list(_in_batches(run, texts, args.batch_size, progress=args.input is not None))
+    printer, maps, unknown = _Printer(args.json), [], []
+    for batch, outputs in _in_batches(run, texts, args.batch_size,
+                                      progress=args.input is not None):
+        printer.write(outputs)
+        unknown.extend(outputs.get("unknown_tokens", [0] * len(batch)))
+        if args.plot:
+            maps += _attention_maps(batch, outputs, MAX_PLOTTED_MAPS - len(maps))
+    printer.close()
     if args.plot:
-        from keras_s2s_attn.plotting import plot_attention_maps
-
-        rows = [(outputs, i) for outputs in batches for i in range(len(outputs["translation"]))]
-        maps = [(outputs["attention"][i], outputs["source_tokens"][i],
-                 outputs["target_tokens"][i], text) for (outputs, i), text in zip(rows, texts)
-                if any(outputs["target_tokens"][i]) and any(outputs["source_tokens"][i])]
-        if not maps:
-            raise ValueError("Nothing to plot: every text was empty.")
-        plot_attention_maps(maps, args.plot)
-        print(f"attention map written to {args.plot}", file=sys.stderr)
-    if args.json:
-        from keras_s2s_attn.serving import format_outputs
-
-        rows = [row for outputs in batches
-                for row in format_outputs(outputs, row_format=True)["predictions"]]
-        print(json.dumps(rows, ensure_ascii=False, indent=1))
-    else:
-        for outputs in batches:
-            for text in outputs["translation"]:
-                print(text.decode("utf-8"))
+        _plot(maps, args.plot, len(texts))
+    note = _unknown_note(texts, [int(count) for count in unknown])
+    if note:
+        print(note, file=sys.stderr)
     return 0
+
+
+def _plot(maps, path, count):
+    from keras_s2s_attn.plotting import plot_attention_maps
+
+    if not maps:
+        raise ValueError("Nothing to plot: every text was empty.")
+    plot_attention_maps(maps, path)
+    shown = (f"the first {len(maps)} of {count} texts (at most {MAX_PLOTTED_MAPS})"
+             if count > len(maps) else f"{len(maps)} text{'s' if len(maps) > 1 else ''}")
+    print(f"attention maps of {shown} written to {path}", file=sys.stderr)
 
 
 def _add_evaluate(subparsers):
@@ -250,8 +337,10 @@ def _add_evaluate(subparsers):
     parser.add_argument("model", help="saved_models/NAME, a version directory, or a run dir")
     parser.add_argument("pairs", help="TSV/CSV: source, target (more target columns with "
                                       "--references)")
-    parser.add_argument("--metrics", default="bleu,chrf,wer,per,cer,exact",
-                        help="comma-separated: bleu, chrf, wer, per, cer, exact")
+    parser.add_argument("--metrics", type=_metrics, default=list(METRICS),
+                        help=f"comma-separated, from: {', '.join(METRICS)} (default: all); "
+                             "per counts the model's target tokens, cer the characters of "
+                             "the normalised text")
     parser.add_argument("--beam", type=_positive_int, default=1)
     parser.add_argument("--batch-size", type=_positive_int, default=256)
     parser.add_argument("--references", action="store_true",
@@ -259,19 +348,47 @@ def _add_evaluate(subparsers):
     parser.set_defaults(handler=_evaluate)
 
 
+def _metrics(text):
+    """`--metrics`: comma-separated names from `evaluation.METRICS`, checked before decoding."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in METRICS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown metric(s) {', '.join(unknown) or '(none given)'}; choose from "
+            f"{', '.join(METRICS)}")
+    return names
+
+
+def _units(tokenizer):
+    """`evaluate_texts`' `tokenize` and `normalize` from the model's target tokenizer."""
+    if tokenizer is None:
+        print("note: this export records no tokenizer (it predates them): per counts "
+              "whitespace-separated tokens", file=sys.stderr)
+        return {}
+
+    def tokenize(texts):
+        return [[token.decode("utf-8") for token in row]
+                for row in tokenizer.tokenize(texts).to_list()]
+
+    def normalize(texts):
+        return [text.decode("utf-8") for text in tokenizer.normalize(texts).numpy()]
+
+    return {"tokenize": tokenize, "normalize": normalize}
+
+
 def _evaluate(args):
     from keras_s2s_attn.data import read_pairs
     from keras_s2s_attn.evaluation import evaluate_texts
     from keras_s2s_attn.translation import open_translator
 
-    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
     sources, references = read_pairs(args.pairs, all_targets=args.references)
     references = [r if args.references else [r] for r in references]
     run = open_translator(args.model, beam_width=args.beam)
     hypotheses = [text.decode("utf-8")
-                  for outputs in _in_batches(run, sources, args.batch_size, progress=True)
+                  for _, outputs in _in_batches(run, sources, args.batch_size, progress=True)
                   for text in outputs["translation"]]
-    scores = evaluate_texts(hypotheses, references, metrics)
+    scores = evaluate_texts(hypotheses, references, args.metrics,
+                            **_units(run.target_tokenizer))
     for name, value in scores.items():
         shown = f"{value:.2f}" if name in ("bleu", "chrf") else f"{100 * value:.2f}%"
         print(f"{name:>6}  {shown}", file=sys.stderr)
@@ -281,42 +398,123 @@ def _evaluate(args):
 
 
 def _add_serve(subparsers):
+    import dataclasses
+
+    from keras_s2s_attn.options import ServingOptions
+
     parser = subparsers.add_parser(
         "serve", help="serve saved_models/NAME over TF Serving's REST API",
-        description="Serve the highest version of saved_models/NAME over TF Serving's REST API "
-                    "(GET /v1/models/NAME, .../metadata, POST .../NAME:predict); a newer "
-                    "version is picked up when it appears.")
+        description="Serve the highest version of saved_models/NAME that loads over TF "
+                    "Serving's REST API (GET /v1/models/NAME, .../metadata, POST "
+                    ".../NAME:predict), after running its warm-up requests; a newer version "
+                    "is picked up when it appears. Logs one line per request on stderr.")
     parser.add_argument("base_path", help="saved_models/NAME")
-    parser.add_argument("--host", default="127.0.0.1", help="default: loopback only")
-    parser.add_argument("--port", type=int, default=8501)
-    parser.add_argument("--max-request-bytes", type=_positive_int, default=4 * 1024 * 1024)
+    for field in dataclasses.fields(ServingOptions):
+        parser.add_argument(f"--{field.name.replace('_', '-')}", type=type(field.default),
+                            default=field.default,
+                            help=f"{field.metadata['help']} (default: {field.default})")
     parser.set_defaults(handler=_serve)
 
 
 def _serve(args):
+    import dataclasses
+    import logging
+
+    from keras_s2s_attn.options import ServingOptions
     from keras_s2s_attn.serving import serve
 
-    serve(args.base_path, host=args.host, port=args.port,
-          max_request_bytes=args.max_request_bytes)
+    options = ServingOptions(**{field.name: getattr(args, field.name)
+                                for field in dataclasses.fields(ServingOptions)})
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        serve(args.base_path, options)
+    except OSError as error:  # the port is taken, no such host address, no version loads
+        print(f"s2s-attn serve: error: {error}", file=sys.stderr)
+        return 2
     return 0
 
 
-def main(argv=None):
+class _IntermixedParser(argparse.ArgumentParser):
+    """Takes options before, between or after the positional arguments.
+
+    `translate MODEL --json TEXT` would otherwise fail: a plain parser gives
+    the `TEXT...` positional its (empty) share before it sees `--json`.
+    """
+
+    _intermixing = False
+
+    def parse_known_args(self, args=None, namespace=None):
+        if self._intermixing:  # parse_known_intermixed_args calls back in here
+            return super().parse_known_args(args, namespace)
+        self._intermixing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixing = False
+
+
+def _start_tensorflow(verbose):
+    """Imports TensorFlow, Keras and tensorflow-text and probes the devices.
+
+    Their start-up lines (the absl preamble, CUDA probing, CPU features) are
+    written straight to file descriptor 2 by C++; unless `verbose`, that
+    descriptor points at a temporary file meanwhile, shown only if the start
+    fails.
+    """
+    if verbose:
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+    def start():
+        import keras  # noqa: F401
+        import tensorflow as tf
+        import tensorflow_text  # noqa: F401  (registers the ops the graphs may use)
+
+        tf.config.list_physical_devices()  # CUDA is probed here, not at import
+
+    if verbose:
+        return start()
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            start()
+        except BaseException:
+            os.dup2(saved, 2)
+            captured.seek(0)
+            sys.stderr.buffer.write(captured.read())
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def _parser():
     parser = argparse.ArgumentParser(
         prog="s2s-attn", description="Sequence-to-sequence models with attention."
     )
-    subparsers = parser.add_subparsers(dest="command", required=True)
-    _add_train(subparsers)
-    _add_export(subparsers)
-    _add_translate(subparsers)
-    _add_evaluate(subparsers)
-    _add_serve(subparsers)
-    args = parser.parse_args(argv)
+    subparsers = parser.add_subparsers(dest="command", required=True,
+                                       parser_class=_IntermixedParser)
+    for add in (_add_train, _add_export, _add_translate, _add_evaluate, _add_serve):
+        add(subparsers)
+    for subparser in subparsers.choices.values():
+        subparser.add_argument("--verbose", action="store_true",
+                               help="show TensorFlow's start-up and log lines")
+    return parser
+
+
+def main(argv=None):
+    args = _parser().parse_args(argv)
     try:
+        _start_tensorflow(args.verbose)
         return args.handler(args)
     except (ValueError, FileNotFoundError, FileExistsError) as error:
         print(f"s2s-attn {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"s2s-attn {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ phone error is the edit distance to the closest reference over that
 reference's length (PER; CER the same on characters).
 """
 
-import sacrebleu
 from rapidfuzz.distance import Levenshtein
 
 METRICS = ("bleu", "chrf", "wer", "per", "cer", "exact")
@@ -26,34 +25,57 @@ def _check(hypotheses, references):
     return hypotheses, references
 
 
-def _closest_error(hypothesis, alternatives, split):
-    """(edit distance, reference length) against the closest alternative."""
+def _closest_error(hypothesis, alternatives):
+    """(edit distance, reference length) against the closest alternative (unit sequences)."""
     best = None
     for reference in alternatives:
-        reference_tokens = split(reference)
-        distance = Levenshtein.distance(split(hypothesis), reference_tokens)
-        rate = distance / max(len(reference_tokens), 1)
+        distance = Levenshtein.distance(hypothesis, reference)
+        rate = distance / max(len(reference), 1)
         if best is None or rate < best[0]:
-            best = (rate, distance, len(reference_tokens))
+            best = (rate, distance, len(reference))
     return best[1], best[2]
 
 
-def error_rate(hypotheses, references, unit="token"):
+def whitespace_tokens(texts):
+    """The default units of `per`: each text's whitespace-separated pieces."""
+    return [text.split() for text in texts]
+
+
+def characters(normalize=None):
+    """The units of `cer`: a `split` giving each text's characters, after `normalize`."""
+    def split(texts):
+        return [list(text) for text in (normalize(texts) if normalize else texts)]
+
+    return split
+
+
+def _in_units(hypotheses, references, split):
+    """Hypotheses and references as unit sequences, `split` called once on them all."""
+    flat = [reference for alternatives in references for reference in alternatives]
+    units = split(list(hypotheses) + flat)
+    hypothesis_units, reference_units = units[:len(hypotheses)], iter(units[len(hypotheses):])
+    return hypothesis_units, [[next(reference_units) for _ in alternatives]
+                              for alternatives in references]
+
+
+def error_rate(hypotheses, references, split=whitespace_tokens):
     """Edit distance to the closest reference, summed, over the summed reference lengths.
 
     Args:
         hypotheses: List of str.
         references: List of lists of str (alternatives per source).
-        unit: `"token"` (split on whitespace: phones, words) or `"char"`.
+        split: A function from a list of str to a list of unit sequences:
+            tokens (default: whitespace pieces; `s2s-attn evaluate` uses the
+            model's target tokenizer) or characters.
 
     Returns:
         A float (0 is perfect; can exceed 1 with many insertions).
     """
     hypotheses, references = _check(hypotheses, references)
-    split = str.split if unit == "token" else list
+    hypothesis_units, reference_units = _in_units(hypotheses, references, split)
     errors = total = 0
-    for hypothesis, alternatives in zip(hypotheses, references):
-        distance, length = _closest_error(hypothesis, alternatives, split)
+    for hypothesis, alternatives in zip(hypothesis_units, reference_units):
+        distance, length = _closest_error(hypothesis, alternatives)
         errors += distance
         total += length
     return errors / max(total, 1)
@@ -67,13 +89,25 @@ def sequence_error_rate(hypotheses, references):
     return wrong / len(hypotheses)
 
 
-def evaluate_texts(hypotheses, references, metrics=METRICS):
+def evaluate_texts(hypotheses, references, metrics=METRICS, tokenize=whitespace_tokens,
+                   normalize=None):
     """The chosen metrics as a dict of floats (BLEU and chrF on their 0-100 scale).
 
     `wer` is the sequence error rate, the G2P convention (a source is wrong
     unless it matches a reference exactly); `per` the token (phone/word) error
     rate and `cer` the character error rate against the closest reference;
     `exact` is 1 − wer.
+
+    Args:
+        hypotheses: List of str, one per source.
+        references: List of lists of str (acceptable answers per source).
+        metrics: Names from `METRICS`.
+        tokenize: A function from a list of str to a list of token lists: the
+            units of `per` (default: whitespace pieces; `s2s-attn evaluate`
+            passes the model's target tokenizer).
+        normalize: A function from a list of str to a list of str applied
+            before `cer` counts characters (the target tokenizer's
+            normalisation), or None.
 
     Example:
 
@@ -86,6 +120,8 @@ def evaluate_texts(hypotheses, references, metrics=METRICS):
         raise ValueError(f"Unknown metric(s) {unknown}; accepted values: {list(METRICS)}")
     results = {}
     if "bleu" in metrics or "chrf" in metrics:
+        import sacrebleu  # here: its import costs more than the rest of the module
+
         # sacrebleu wants one stream per reference slot: pad short lists with their first.
         slots = max(len(r) for r in references)
         streams = [[r[i] if i < len(r) else r[0] for r in references] for i in range(slots)]
@@ -100,7 +136,7 @@ def evaluate_texts(hypotheses, references, metrics=METRICS):
         if "exact" in metrics:
             results["exact"] = 1.0 - wer
     if "per" in metrics:
-        results["per"] = error_rate(hypotheses, references, "token")
+        results["per"] = error_rate(hypotheses, references, tokenize)
     if "cer" in metrics:
-        results["cer"] = error_rate(hypotheses, references, "char")
+        results["cer"] = error_rate(hypotheses, references, characters(normalize))
     return {name: results[name] for name in metrics}

@@ -17,6 +17,7 @@ Signatures: `serving_default` (greedy) and `beam_search`, both with input
 `attention` `(batch, T, S)`, `source_tokens`, `target_tokens`, `truncated`.
 """
 
+import functools
 import json
 import os
 import re
@@ -28,6 +29,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_s2s_attn.checks import positive_int
+from keras_s2s_attn.options import WEIGHT_DTYPES
 from keras_s2s_attn.special_ids import NUM_RESERVED
 from keras_s2s_attn.translation import Translator, is_run_dirs
 
@@ -35,15 +37,29 @@ SIGNATURES = ("serving_default", "beam_search")
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 # What was fixed at export time (beam width, lengths), for tools reading the SavedModel.
 EXPORT_INFO_FILE = os.path.join("assets.extra", "s2s_attn.json")
-_TEMPORARY = re.compile(r"^\.tmp-export-(\d+)-")
+# The tokenizers as `Tokenizer.save` writes them, for tools that need the model's
+# units (evaluate's PER); the graph itself reads its vocabularies from assets/.
+TOKENIZER_DIRS = {"source": os.path.join("assets.extra", "source_tokenizer"),
+                  "target": os.path.join("assets.extra", "target_tokenizer")}
+_TEMPORARY = re.compile(r"^\.tmp-export-([0-9]+)-")  # not \d: int("²") fails
+# A version directory's name: a decimal integer of at most 18 digits (an int64, as
+# TF Serving's versions), without leading zeros.
+_VERSION_NAME = re.compile(r"0|[1-9][0-9]{0,17}")
 
 
 def versions(export_dir):
-    """The integer version directories under `export_dir`, ascending."""
+    """The integer version directories under `export_dir`, ascending.
+
+    Only names in ASCII digits are versions, as in TF Serving (`str.isdigit`
+    also accepts `²` or `٣`, which `int` refuses), of at most 18 digits. A
+    name with leading zeros (`007`) is skipped too: TF Serving would read
+    version 7 from it, but its path is not `str(7)`.
+    """
     if not os.path.isdir(export_dir):
         return []
     return sorted(int(name) for name in os.listdir(export_dir)
-                  if name.isdigit() and os.path.isdir(os.path.join(export_dir, name)))
+                  if _VERSION_NAME.fullmatch(name)
+                  and os.path.isdir(os.path.join(export_dir, name)))
 
 
 def _remove_stale_temporaries(export_dir):
@@ -110,6 +126,15 @@ def latest_version_dir(path):
     return os.path.join(path, str(found[-1]))
 
 
+def load_exported_tokenizer(version_dir, side):
+    """The `"source"` or `"target"` tokenizer saved with an export, or None for an
+    export that predates them (exports before December 2026)."""
+    from keras_s2s_attn.text import load_tokenizer
+
+    path = os.path.join(version_dir, TOKENIZER_DIRS[side])
+    return load_tokenizer(path) if os.path.isdir(path) else None
+
+
 def read_export_info(version_dir):
     """The settings fixed at export (`Translator.settings()`), or {} for other SavedModels."""
     path = os.path.join(version_dir, EXPORT_INFO_FILE)
@@ -119,7 +144,6 @@ def read_export_info(version_dir):
         return json.load(handle)
 
 
-WEIGHT_DTYPES = ("float32", "float16", "int8", "int4")
 # int4 stores one scale per column for each block of this many rows: one
 # scale per column over a whole matrix costs too much accuracy at 4 bits.
 INT4_GROUP_SIZE = 32
@@ -244,6 +268,40 @@ class _StoredWeights(tf.Module):
         return call
 
 
+def _signature_functions(translator, stored=None):
+    """`{signature name: function(text) -> outputs}`, sharing the string parts.
+
+    Each signature's numeric core (`Translator.decode_graph`: the model's
+    encoder and one search loop, every read of the weights, through `stored`
+    when the weights are stored small) is traced on its own; tokenisation and
+    detokenisation are traced once, called by all. No `tf.cond` joins the
+    searches: Grappler's dependency optimizer cannot sort a graph with while
+    loops inside a cond, and logs two errors on every first call.
+    """
+    ids, texts = tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([None], tf.string)
+    rows, flags = tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.bool)
+    # Concrete functions traced from explicit specs: each is traced once, and the
+    # SavedModel can describe their arguments (a *args wrapper it cannot).
+    encode = tf.function(translator.encode_text).get_concrete_function(texts)
+    finish = tf.function(translator.finish).get_concrete_function(
+        ids, flags, flags, ids, rows, tf.TensorSpec([None], tf.float32),
+        tf.TensorSpec([None, None, None], tf.float32))
+
+    def signature(core):
+        def translate(text):
+            source_ids, truncated, empty = encode(text)
+            return finish(source_ids, truncated, empty, *core(source_ids))
+
+        return translate
+
+    functions = {}
+    for name, beam in zip(SIGNATURES, (False, True)):
+        core = functools.partial(translator.decode_graph, beam=beam)
+        core = tf.function(stored.wrap(core) if stored is not None else core)
+        functions[name] = signature(core.get_concrete_function(ids))
+    return functions
+
+
 def export_saved_model(model_or_run_dir, export_dir="saved_models/model", version=None, *,
                        source_tokenizer=None, target_tokenizer=None, which="best",
                        warmup_texts=None, weights_dtype="float32", **translator_options):
@@ -316,21 +374,13 @@ def export_saved_model(model_or_run_dir, export_dir="saved_models/model", versio
     # the SavedModel. The tokenizers are tracked for their lookup tables.
     archive.track(translator.source_tokenizer)
     archive.track(translator.target_tokenizer)
-    translate = translator.translate_graph
+    stored = None
     if weights_dtype != "float32":
         stored = _StoredWeights(translator.models, weights_dtype)
         archive.track(stored)
-        translate = stored.wrap(translate)
-    # Both signatures call this one function (greedy or beam search behind a
-    # tf.cond), so the SavedModel holds the tokeniser and encoder graphs once.
-    # Traced once, here: each endpoint calling the tf.function would trace it again.
-    translate = tf.function(translate).get_concrete_function(
-        tf.TensorSpec([None], tf.string), tf.TensorSpec([], tf.bool))
     spec = [tf.TensorSpec([None], tf.string, name="text")]
-    archive.add_endpoint("serving_default", lambda text: translate(text, tf.constant(False)),
-                         input_signature=spec)
-    archive.add_endpoint("beam_search", lambda text: translate(text, tf.constant(True)),
-                         input_signature=spec)
+    for name, function in _signature_functions(translator, stored).items():
+        archive.add_endpoint(name, function, input_signature=spec)
 
     temporary = os.path.join(export_dir, f".tmp-export-{os.getpid()}-{time.time_ns()}")
     try:
@@ -340,6 +390,8 @@ def export_saved_model(model_or_run_dir, export_dir="saved_models/model", versio
                               os.path.basename(os.path.normpath(export_dir)), texts)
         with open(os.path.join(temporary, EXPORT_INFO_FILE), "w") as handle:
             json.dump(translator.settings(), handle, indent=2)
+        translator.source_tokenizer.save(os.path.join(temporary, TOKENIZER_DIRS["source"]))
+        translator.target_tokenizer.save(os.path.join(temporary, TOKENIZER_DIRS["target"]))
         os.rename(temporary, final)
     finally:
         shutil.rmtree(temporary, ignore_errors=True)

@@ -12,11 +12,11 @@ import tensorflow as tf
 
 from keras_s2s_attn.checks import non_negative, positive_int
 from keras_s2s_attn.decoding import Decoder, EnsembleDecoder
-from keras_s2s_attn.special_ids import PAD_ID
+from keras_s2s_attn.special_ids import PAD_ID, UNK_ID
 
 DEFAULT_MAX_SOURCE_LENGTH = 256
 OUTPUT_NAMES = ("translation", "score", "attention", "source_tokens", "target_tokens",
-                "truncated")
+                "truncated", "unknown_tokens")
 # A model built with attention=None has no attention map: its outputs leave
 # `attention` out (rather than invent an all-zero one), so a client tells the
 # two kinds of model apart from the signature's outputs alone.
@@ -57,7 +57,9 @@ class Translator:
         `score` (sum of log-probabilities), `attention` `(batch, T, S)` (absent
         for a model without attention, see `output_names`), `source_tokens`
         `(batch, S)` and `target_tokens` `(batch, T)` (bytes, "" where padded,
-        for labelling attention maps), `truncated` (bool).
+        for labelling attention maps), `truncated` (bool), `unknown_tokens`
+        (int32: how many of the row's source tokens, after truncation, the
+        source vocabulary lacks; a text the model cannot read shows here).
 
     Example:
 
@@ -167,39 +169,37 @@ class Translator:
             "source_tokens": source_tokens,
             "target_tokens": target_tokens,
             "truncated": truncated,
+            "unknown_tokens": tf.reduce_sum(tf.cast(tf.equal(source_ids, UNK_ID), tf.int32),
+                                            axis=1),
         }
         if self.decoder.has_attention:
             outputs["attention"] = tf.where(kept[..., None], attention, 0.0)
         return {name: outputs[name] for name in self.output_names}
 
-    def translate_graph(self, text, beam=False):
-        """The whole text-to-text path as TensorFlow ops (used by the export).
+    def decode_graph(self, source_ids, beam=False):
+        """The numeric core as TensorFlow ops: source ids to `(ids, lengths,
+        scores, attention)` of the best hypothesis, greedy or beam search.
 
-        `beam` is a Python bool, or a boolean scalar tensor: then one graph
-        holds both decoders behind a `tf.cond`, sharing the tokenisation and
-        the encoder (the export's two signatures call that one graph).
+        It holds every read of the model's weights and no string op, so the
+        export can wrap it alone (stored weights, XLA) between the string
+        parts `encode_text` and `finish`.
         """
-        source_ids, truncated, empty = self.encode_text(text)
         max_length = self.max_length_for(source_ids)
-        encoded = self.decoder.encode(source_ids)
-
-        def beam_search():
+        if beam:
             ids, lengths, scores, _, attention, steps = self.decoder.beam_graph(
                 source_ids, max_length, self.beam_width,
                 tf.constant(self.length_penalty_weight),
-                tf.constant(self.coverage_penalty_weight), encoded=encoded)
+                tf.constant(self.coverage_penalty_weight))
             return ids[:, 0, :steps], lengths[:, 0], scores[:, 0], attention[:, 0, :steps]
+        ids, lengths, scores, attention, steps = self.decoder.greedy_graph(source_ids,
+                                                                           max_length)
+        return ids[:, :steps], lengths, scores, attention[:, :steps]
 
-        def greedy():
-            ids, lengths, scores, attention, steps = self.decoder.greedy_graph(
-                source_ids, max_length, encoded=encoded)
-            return ids[:, :steps], lengths, scores, attention[:, :steps]
-
-        if isinstance(beam, bool):
-            decoded = beam_search() if beam else greedy()
-        else:
-            decoded = tf.cond(beam, beam_search, greedy)
-        return self.finish(source_ids, truncated, empty, *decoded)
+    def translate_graph(self, text, beam=False):
+        """The whole text-to-text path as TensorFlow ops: `encode_text`,
+        `decode_graph`, `finish`. `beam` is a Python bool."""
+        source_ids, truncated, empty = self.encode_text(text)
+        return self.finish(source_ids, truncated, empty, *self.decode_graph(source_ids, beam))
 
     # ------------------------------------------------------------ Python API
     def __call__(self, texts, beam=False):
@@ -266,8 +266,9 @@ def open_translator(path, beam_width=1):
 
     Returns:
         A callable taking a list of str and returning the output dict of
-        numpy arrays (see `Translator`); its `output_names` attribute lists
-        that dict's keys.
+        numpy arrays (see `Translator`). Its `output_names` attribute lists
+        that dict's keys; `target_tokenizer` is the model's target tokenizer
+        (None for an export that did not save it).
     """
     from keras_s2s_attn import export  # export imports this module
 
@@ -279,6 +280,7 @@ def open_translator(path, beam_width=1):
             return translator(texts, beam=beam_width > 1)
 
         run.output_names = translator.output_names
+        run.target_tokenizer = translator.target_tokenizer
         return run
     version_dir = export.latest_version_dir(path)
     signature = "serving_default"
@@ -295,4 +297,5 @@ def open_translator(path, beam_width=1):
         return {name: value.numpy() for name, value in outputs.items()}
 
     run.output_names = tuple(function.structured_outputs)
+    run.target_tokenizer = export.load_exported_tokenizer(version_dir, "target")
     return run

@@ -1,6 +1,11 @@
 import pytest
 
-from keras_s2s_attn.evaluation import error_rate, evaluate_texts, sequence_error_rate
+from keras_s2s_attn.evaluation import (
+    characters,
+    error_rate,
+    evaluate_texts,
+    sequence_error_rate,
+)
 
 
 def test_wer_counts_a_word_right_if_it_matches_any_reference():
@@ -25,8 +30,26 @@ def test_per_uses_the_closest_reference_and_its_length():
 
 def test_cer_on_characters():
     # "kitten" -> "sitting": 3 edits over 7 reference characters.
-    assert error_rate(["kitten"], [["sitting"]], unit="char") == pytest.approx(3 / 7)
+    assert error_rate(["kitten"], [["sitting"]], characters()) == pytest.approx(3 / 7)
     assert evaluate_texts(["kitten"], [["sitting"]], ["cer"]) == {"cer": pytest.approx(3 / 7)}
+
+
+def test_per_and_cer_count_in_the_units_they_are_given():
+    """`s2s-attn evaluate` passes the model's target tokenizer: its tokens are the units."""
+    # Whitespace pieces: "don't," is one token, so one substitution in two tokens.
+    assert evaluate_texts(["don't, go"], [["do not go"]], ["per"]) == {
+        "per": pytest.approx(2 / 3)}
+    def words_and_punctuation(texts):
+        return [text.replace(",", " ,").replace("'", " '").split() for text in texts]
+
+    # Words and punctuation: "don 't , go" against "do not go": 3 edits in 3 tokens.
+    assert evaluate_texts(["don't, go"], [["do not go"]], ["per"],
+                          tokenize=words_and_punctuation)["per"] == pytest.approx(3 / 3)
+    # CER counts characters after the tokenizer's normalisation (here, lower-casing).
+    assert evaluate_texts(["Cat"], [["cat"]], ["cer"])["cer"] == pytest.approx(1 / 3)
+    lowered = evaluate_texts(["Cat"], [["cat"]], ["cer"],
+                             normalize=lambda texts: [t.lower() for t in texts])
+    assert lowered["cer"] == 0.0
 
 
 def test_bleu_and_chrf_through_sacrebleu():

@@ -57,6 +57,7 @@ def assert_same(fresh, local):
     assert outputs["source_tokens"] == local["source_tokens"].astype(str).tolist()
     assert outputs["target_tokens"] == local["target_tokens"].astype(str).tolist()
     assert outputs["truncated"] == local["truncated"].tolist()
+    assert outputs["unknown_tokens"] == local["unknown_tokens"].tolist()
     np.testing.assert_allclose(outputs["score"], local["score"], atol=1e-4)
     np.testing.assert_allclose(outputs["attention"], local["attention"], atol=1e-5)
 
@@ -186,8 +187,10 @@ def test_fresh_process_equals_python_greedy_and_beam(exported, tiny_run):
     assert outputs["source_tokens"][5][:12] == ["a"] * 12  # cut at max_source_length=12
     assert np.isfinite(outputs["score"]).all()
     assert np.isfinite(np.array(outputs["attention"])).all()
-    # Invalid UTF-8 bytes become U+FFFD (out of vocabulary here): no error.
+    # Invalid UTF-8 bytes become U+FFFD (out of vocabulary here): no error, and counted.
     assert outputs["source_tokens"][63][:6] == ["a", "b", "[UNK]", "[UNK]", "c", "d"]
+    assert outputs["unknown_tokens"][63] == 2 and outputs["unknown_tokens"][0] == 0
+    assert outputs["unknown_tokens"][6] == 1  # "abc\u00e9": é is not in the vocabulary
 
 
 def test_empty_batch(exported):
@@ -198,17 +201,23 @@ def test_empty_batch(exported):
     assert outputs["attention"].shape[0] == 0
 
 
-def test_nfkc_graph_runs_with_tensorflow_text_only(tiny_run, tmp_path):
+def test_nfkc_and_lower_casing_run_in_the_graph_with_tensorflow_text_only(tiny_run, tmp_path):
     model, source, target, _ = load_run(tiny_run)
-    # The same vocabularies behind NFKC normalisation: the graph gains NormalizeUTF8.
-    nfkc_source = make_tokenizer("char", vocabulary=source.vocabulary)
+    # The same vocabularies behind NFKC normalisation and lower-casing, as a run trained
+    # with --lower records them: the graph gains NormalizeUTF8 and lower-cases.
+    nfkc_source = make_tokenizer("char", lower=True, vocabulary=source.vocabulary)
     nfkc_target = make_tokenizer("char", vocabulary=target.vocabulary)
     path = export.export_saved_model(model, tmp_path / "nfkc", source_tokenizer=nfkc_source,
                                      target_tokenizer=nfkc_target, max_source_length=12)
-    texts = ["ａｂｃ", "abc", "ﬁ"]  # full-width and ligature forms normalise to ASCII
+    texts = ["ａｂｃ", "abc", "ABC", "Ａｂｃ", "ﬁ"]  # full-width and ligature forms normalise
     fresh = run_in_fresh_python(path, "serving_default", as_bytes(texts),
                                 extra_import="import tensorflow_text")
-    assert fresh["outputs"]["translation"][0] == fresh["outputs"]["translation"][1] == "CBA"
+    assert fresh["outputs"]["translation"][:4] == ["CBA"] * 4
+    assert fresh["outputs"]["unknown_tokens"][:4] == [0] * 4
+    # The export records its tokenizers for tools that need the model's units.
+    saved = export.load_exported_tokenizer(path, "source")
+    assert saved.get_config() == nfkc_source.get_config()
+    assert saved.vocabulary == nfkc_source.vocabulary
 
 
 def test_saved_model_cli_show_and_run(exported):
@@ -306,13 +315,16 @@ def test_cli_evaluate_json_and_table(tiny_run, tmp_path):
     # Two references for "abc": the second is right; "ddc" has one wrong reference only.
     pairs.write_text("abc\tXYZ\tCBA\nhgf\tFGH\nddc\tCDE\n", encoding="utf-8")
     result = subprocess.run(["s2s-attn", "evaluate", tiny_run, str(pairs), "--references",
-                             "--metrics", "wer,cer,exact,bleu", "--batch-size", "2"],
+                             "--metrics", "wer,cer,per,exact,bleu", "--batch-size", "2"],
                             capture_output=True, text=True, env=env(), timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     scores = json.loads(result.stdout)
     assert scores["sources"] == 3
     assert scores["wer"] == pytest.approx(1 / 3) and scores["exact"] == pytest.approx(2 / 3)
     assert scores["cer"] == pytest.approx(1 / 9)  # "CDD" vs "CDE": 1 edit in 9 characters
+    # PER counts the model's target tokens, characters here: 1 of 9 too (split on
+    # whitespace, "CDD" vs "CDE" would be 1 of 3 tokens).
+    assert scores["per"] == pytest.approx(1 / 9)
     assert "wer  33.33%" in result.stderr and "3/3" in result.stderr
     single = subprocess.run(["s2s-attn", "evaluate", tiny_run, str(pairs), "--metrics", "wer"],
                             capture_output=True, text=True, env=env(), timeout=300)

@@ -316,6 +316,27 @@ class Tokenizer(tf.Module):
         tokens = self._split(normalized)
         return tf.ragged.map_flat_values(self._token_to_id.lookup, tokens)
 
+    def tokenize(self, strings):
+        """Splits strings into this tokenizer's tokens, as strings.
+
+        The tokens are what `encode` looks up, after the same normalisation:
+        the pieces of the split for the "char", "word" and "space" kinds
+        (known or not: no vocabulary needed), the subword pieces for
+        "wordpiece" and "sentencepiece" (an unknown one reads "[UNK]"). Used to
+        count errors in the model's own units (`s2s-attn evaluate`'s PER).
+
+        Args:
+            strings: 1-D tf.string tensor (or a list of str).
+
+        Returns:
+            tf.string `tf.RaggedTensor` [batch, (tokens)].
+        """
+        strings = tf.reshape(tf.convert_to_tensor(strings, dtype=tf.string), [-1])
+        return self._tokenize_normalized(self._normalize(strings))
+
+    def _tokenize_normalized(self, normalized):
+        return self._split(normalized)
+
     def id_to_token(self, ids):
         """Maps ids to their token strings (e.g. to label attention maps).
 

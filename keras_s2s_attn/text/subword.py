@@ -119,6 +119,10 @@ class WordpieceTokenizer(Tokenizer):
         pieces = self._wordpiece.tokenize(split_words(normalized))  # [batch, words, pieces]
         return pieces.merge_dims(1, 2)
 
+    def _tokenize_normalized(self, normalized):
+        self._check_adapted()
+        return self.id_to_token(self._encode_normalized(normalized))
+
     def _join(self, tokens):
         pieces = tf.ragged.map_flat_values(
             tf.strings.regex_replace, tokens, "^" + SUFFIX_INDICATOR, "")
@@ -212,6 +216,10 @@ class SentencepieceTokenizer(Tokenizer):
 
     def _encode_normalized(self, normalized):
         return self._sentencepiece.tokenize(normalized)
+
+    def _tokenize_normalized(self, normalized):
+        self._check_adapted()
+        return self.id_to_token(self._encode_normalized(normalized))
 
     def _decode_ids(self, ids):
         return self._sentencepiece.detokenize(tf.cast(ids, tf.int32))
