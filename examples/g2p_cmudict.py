@@ -37,10 +37,12 @@ import os
 import subprocess
 import sys
 
-from keras_s2s_attn.export import WEIGHT_DTYPES
+from keras_s2s_attn.options import WEIGHT_DTYPES
 
-COMMON = ["--source-tokenizer", "char", "--target-tokenizer", "space", "--embedding-dim", "64",
-          "--batch-size", "128", "--learning-rate", "0.002"]
+# --lower: the words are lower-cased (cmudict_to_tsv.py); the tokenizer records it, so the
+# export lower-cases its input too and "Attention" reads as "attention".
+COMMON = ["--source-tokenizer", "char", "--target-tokenizer", "space", "--lower",
+          "--embedding-dim", "64", "--batch-size", "128", "--learning-rate", "0.002"]
 MEMBERS = {
     "a": ["--units", "192", "--dropout", "0.1", "--epochs", "16"],
     "b": ["--units", "192", "--encoder-layers", "2", "--dropout", "0.2", "--epochs", "24"],
