@@ -40,8 +40,9 @@ def main():
     rows = [
         ("greedy, tf.function", lambda: plain.greedy(sources, max_output_length=24)),
         ("greedy, XLA", lambda: xla.greedy(sources, max_output_length=24)),
-        ("beam 4, tf.function", lambda: plain.beam_search(sources, 4, max_output_length=24)),
-        ("beam 4, XLA", lambda: xla.beam_search(sources, 4, max_output_length=24)),
+        ("beam 4, tf.function",
+         lambda: plain.beam_search(sources, max_output_length=24, beam_width=4)),
+        ("beam 4, XLA", lambda: xla.beam_search(sources, max_output_length=24, beam_width=4)),
     ]
     results = [(name, timed(fn, args.repeats)) for name, fn in rows]
     baseline = results[0][1]

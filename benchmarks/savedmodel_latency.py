@@ -18,7 +18,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import tensorflow as tf
 from timing import timed  # benchmarks/timing.py, beside this script
 
-from keras_s2s_attn.export import latest_version_dir, load_saved_model
+from keras_s2s_attn.saved_models import latest_version_dir, load_saved_model
 
 
 def directory_bytes(path):

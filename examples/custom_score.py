@@ -24,7 +24,8 @@ from keras_s2s_attn import (  # noqa: E402
     MaskedSparseCategoricalCrossentropy,
     build_seq2seq_model,
 )
-from keras_s2s_attn.export import export_saved_model, load_saved_model  # noqa: E402
+from keras_s2s_attn.export import export_saved_model  # noqa: E402
+from keras_s2s_attn.saved_models import load_saved_model  # noqa: E402
 from keras_s2s_attn.special_ids import NUM_RESERVED  # noqa: E402
 from keras_s2s_attn.synthetic import exact_match, reversal_task  # noqa: E402
 from keras_s2s_attn.decoding import Decoder  # noqa: E402

@@ -115,10 +115,11 @@ def main():
     train_members(names, args)
     run("s2s-attn", "export", *[f"{args.runs}/{args.name}_{name}" for name in names],
         "--name", args.name, "--beam-width", args.beam, "--max-source-length", "40",
-        "--weights-dtype", args.weights_dtype)
-    for beam in ("1", args.beam):
+        "--weights-dtype", args.weights_dtype, "--num-samples", "5")
+    for beam in ("1", args.beam):  # the beam with its n-best list: oracle WER@k too
         run("s2s-attn", "evaluate", f"saved_models/{args.name}", f"{args.data}/test.tsv",
-            "--references", "--metrics", "wer,per,cer,exact", "--beam", beam)
+            "--references", "--metrics", "wer,per,cer,exact", "--beam", beam,
+            *(["--n-best", beam] if beam != "1" else []))
 
 
 if __name__ == "__main__":

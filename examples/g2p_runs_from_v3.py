@@ -126,7 +126,7 @@ def stored_weights(saved_model):
 
 
 def write_run(directory, model, source_tokenizer, target_tokenizer, options, v3):
-    from keras_s2s_attn.training import (BEST_MODEL, CONFIG_FILE, SOURCE_VOCAB, TARGET_VOCAB)
+    from keras_s2s_attn.runs import BEST_MODEL, CONFIG_FILE, SOURCE_VOCAB, TARGET_VOCAB
 
     os.makedirs(directory, exist_ok=True)
     source_tokenizer.save(os.path.join(directory, SOURCE_VOCAB))
@@ -144,7 +144,7 @@ def write_run(directory, model, source_tokenizer, target_tokenizer, options, v3)
 def rebuild(v3, out):
     """Writes out/a, out/b, out/c from the SavedModel `v3`; returns the models and tokenizers."""
     from keras_s2s_attn import build_seq2seq_model
-    from keras_s2s_attn.export import load_saved_model
+    from keras_s2s_attn.saved_models import load_saved_model
     from keras_s2s_attn.text import make_tokenizer
     from keras_s2s_attn.text._base import read_vocabulary_file
 
@@ -172,16 +172,17 @@ def check(v3_path, models, source, target, words):
     """The rebuilt ensemble must answer as v3 does, greedy and beam."""
     import tensorflow as tf
 
-    from keras_s2s_attn.export import load_saved_model, read_export_info
+    from keras_s2s_attn.decoding import get_strategy
+    from keras_s2s_attn.saved_models import exported_strategies, load_saved_model
     from keras_s2s_attn.translation import Translator
 
-    info = read_export_info(v3_path)
+    strategies = {signature: get_strategy(name, **options)
+                  for signature, (name, options) in exported_strategies(v3_path).items()}
     translator = Translator(models, source, target, max_source_length=40,
-                            beam_width=info["beam_width"],
-                            length_penalty_weight=info["length_penalty_weight"])
+                            strategies=strategies)
     v3 = load_saved_model(v3_path)
-    for signature, beam in (("serving_default", False), ("beam_search", True)):
-        mine = translator(words, beam=beam)
+    for signature in ("serving_default", "beam_search"):
+        mine = translator(words, signature)
         theirs = v3.signatures[signature](text=tf.constant(words))
         same = mine["translation"] == theirs["translation"].numpy()
         gap = np.abs(mine["score"] - theirs["score"].numpy()).max()

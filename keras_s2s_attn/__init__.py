@@ -28,10 +28,13 @@ _EXPORTS = {
     **dict.fromkeys(("END_ID", "PAD_ID", "START_ID", "UNK_ID"), "keras_s2s_attn.special_ids"),
     "evaluate_texts": "keras_s2s_attn.evaluation",
     # The TensorFlow side.
-    "Decoder": "keras_s2s_attn.decoding",
+    **dict.fromkeys(("BeamSearch", "Decoder", "DecodingStrategy", "EnsembleStepper",
+                     "GreedySearch", "SamplingSearch", "Stepper", "register_strategy"),
+                    "keras_s2s_attn.decoding"),
     "export_saved_model": "keras_s2s_attn.export",
     **dict.fromkeys(("load_tokenizer", "make_tokenizer"), "keras_s2s_attn.text"),
-    **dict.fromkeys(("load_run", "train"), "keras_s2s_attn.training"),
+    "load_run": "keras_s2s_attn.runs",
+    "train": "keras_s2s_attn.training",
     **dict.fromkeys(("Translator", "translate"), "keras_s2s_attn.translation"),
 }
 __all__ = sorted(_EXPORTS)

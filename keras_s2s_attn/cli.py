@@ -22,6 +22,35 @@ def _column(text):
     return int(text) if text.isascii() and text.isdigit() else text
 
 
+def _add_option_flags(parser, options_class, flags=None, given_only=False):
+    """One flag per field of an options dataclass, with its help and default.
+
+    Args:
+        flags: `{field name: flags}` to spell some differently.
+        given_only: Default None, so `_options` passes only the flags given
+            (the dataclass's own defaults fill the rest).
+    """
+    import dataclasses
+
+    from keras_s2s_attn.options import flag_name
+
+    for field in dataclasses.fields(options_class):
+        default = "" if field.default is None else f" (default: {field.default})"
+        names = (flags or {}).get(field.name, (flag_name(field),))
+        parser.add_argument(*names, dest=field.name, type=field.type,
+                            default=None if given_only else field.default,
+                            help=field.metadata["help"] + default)
+
+
+def _options(args, options_class):
+    """The options dataclass from parsed flags (those left None get its defaults)."""
+    import dataclasses
+
+    return options_class(**{field.name: getattr(args, field.name)
+                            for field in dataclasses.fields(options_class)
+                            if getattr(args, field.name, None) is not None})
+
+
 def _add_train(subparsers):
     parser = subparsers.add_parser(
         "train", help="train a model on a file of source/target pairs",
@@ -140,8 +169,9 @@ def _add_export(subparsers):
     parser = subparsers.add_parser(
         "export", help="export a run as a TF Serving SavedModel",
         description="Export a run's model with its tokenizers as saved_models/NAME/<version>/: "
-                    "strings in, translations and attention out (greedy 'serving_default' and "
-                    "'beam_search' signatures), with TF Serving warm-up requests.")
+                    "strings in, translations and attention out, one signature per decoding "
+                    "strategy (greedy 'serving_default', n-best 'beam_search', 'sample'), with "
+                    "TF Serving warm-up requests.")
     parser.add_argument("run_dir", nargs="+",
                         help="a run directory; several (with the same tokenizers) export "
                              "their ensemble, which averages the models' probabilities")
@@ -153,9 +183,10 @@ def _add_export(subparsers):
     parser.add_argument("--max-source-length", type=_positive_int,
                         help="default: the run's, else 256")
     parser.add_argument("--max-output-length", type=_positive_int)
-    parser.add_argument("--beam-width", type=_positive_int, default=4)
-    parser.add_argument("--length-penalty", type=float, default=0.6)
-    parser.add_argument("--coverage-penalty", type=float, default=0.0)
+    parser.add_argument("--strategies", type=_strategy_list, default=None,
+                        help="comma-separated strategies to export, one signature each, from: "
+                             f"{', '.join(STRATEGY_SIGNATURES)} (default: all)")
+    _add_decoding_flags(parser, given_only=True, beam_flags=("--beam-width", "--beam"))
     parser.add_argument("--weights-dtype", default="float32", choices=WEIGHT_DTYPES,
                         help="store the weights smaller: float16 (half the size), int8 "
                              "(about a quarter, per-column scales) or int4 (about a seventh, a "
@@ -166,10 +197,15 @@ def _add_export(subparsers):
 
 def _export(args):
     from keras_s2s_attn.export import export_saved_model
+    from keras_s2s_attn.options import BeamOptions, SamplingOptions
+    from keras_s2s_attn.translation import default_strategies
 
-    options = {"beam_width": args.beam_width, "length_penalty_weight": args.length_penalty,
-               "coverage_penalty_weight": args.coverage_penalty,
-               "max_output_length": args.max_output_length}
+    strategies = default_strategies(_options(args, BeamOptions), _options(args, SamplingOptions))
+    chosen = args.strategies or list(STRATEGY_SIGNATURES)
+    options = {"max_output_length": args.max_output_length,
+               "replace_unknown": args.replace_unknown,
+               "strategies": {STRATEGY_SIGNATURES[name]: strategies[STRATEGY_SIGNATURES[name]]
+                              for name in chosen}}
     if args.max_source_length:
         options["max_source_length"] = args.max_source_length
     path = export_saved_model(args.run_dir, os.path.join(args.export_dir, args.name),
@@ -177,6 +213,68 @@ def _export(args):
                               weights_dtype=args.weights_dtype, **options)
     print(path)
     return 0
+
+
+# The export's signature for each built-in strategy (the registry's names).
+STRATEGY_SIGNATURES = {"greedy": "serving_default", "beam": "beam_search", "sample": "sample"}
+
+
+def _strategy_list(text):
+    """`export --strategies`: comma-separated names from the registry."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in STRATEGY_SIGNATURES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown strategy {', '.join(unknown) or '(none given)'}; choose from "
+            f"{', '.join(STRATEGY_SIGNATURES)}")
+    return names
+
+
+def _add_decoding_flags(parser, given_only, beam_flags=("--beam", "--beam-width")):
+    """The flags of beam search's and sampling's options (`options.py` holds them)."""
+    from keras_s2s_attn.options import BeamOptions, SamplingOptions
+
+    beam = parser.add_argument_group("beam search")
+    _add_option_flags(beam, BeamOptions, {"beam_width": beam_flags}, given_only)
+    sampling = parser.add_argument_group("sampling")
+    _add_option_flags(sampling, SamplingOptions, given_only=given_only)
+    parser.add_argument("--replace-unknown", action="store_true",
+                        help="replace each unknown target token by the source token it "
+                             "attended to most (char, word or space targets; an exported "
+                             "model does it only if exported so)")
+
+
+def _add_strategy_choice(parser):
+    """translate/evaluate: which strategy decodes, and its options."""
+    from keras_s2s_attn.decoding.registry import strategy_names
+
+    parser.add_argument("--strategy", choices=strategy_names(),
+                        help="decoding strategy (default: greedy; beam with --beam N > 1, "
+                             "sample with --sample)")
+    parser.add_argument("--sample", dest="strategy", action="store_const", const="sample",
+                        help="sample translations (--strategy sample)")
+    _add_decoding_flags(parser, given_only=True)
+
+
+def _strategy(args):
+    """The strategy object translate/evaluate decode with, from the flags given."""
+    from keras_s2s_attn.decoding import BeamSearch, SamplingSearch, get_strategy
+    from keras_s2s_attn.options import BeamOptions, SamplingOptions
+
+    beam, sampling = _options(args, BeamOptions), _options(args, SamplingOptions)
+    beam_given = any(getattr(args, name) is not None for name in vars(beam))
+    sampling_given = any(getattr(args, name) is not None for name in vars(sampling))
+    name = args.strategy or ("sample" if sampling_given else
+                             "beam" if beam_given and (args.beam_width or 2) > 1 else "greedy")
+    if (name != "beam" and beam_given and (args.beam_width or 1) > 1) or (
+            name != "sample" and sampling_given):
+        raise ValueError(f"--strategy {name}: the beam or sampling options given belong to "
+                         "another strategy.")
+    if name == "beam":  # one result unless --n-best asks for more
+        return BeamSearch(**{**vars(beam), "num_results": args.num_results or 1})
+    if name == "sample":
+        return SamplingSearch(**vars(sampling))
+    return get_strategy(name)
 
 
 def _add_translate(subparsers):
@@ -192,8 +290,7 @@ def _add_translate(subparsers):
                              "TEXT arguments; an empty line gets an empty translation")
     parser.add_argument("--batch-size", type=_positive_int, default=256,
                         help="texts decoded at once (default 256)")
-    parser.add_argument("--beam", type=_positive_int, default=1,
-                        help="beam width (an exported model has its width fixed at export)")
+    _add_strategy_choice(parser)
     parser.add_argument("--json", action="store_true", help="print every output as JSON")
     parser.add_argument("--plot", metavar="FILE.png",
                         help="save the attention maps of the texts as one PNG (of the first "
@@ -251,6 +348,12 @@ class _Printer:
 
     def write(self, outputs):
         if not self.as_json:
+            if "translations" in outputs and outputs["translations"].shape[1] > 1:
+                # n-best or samples: K lines per text, best first, with their scores
+                for texts, scores in zip(outputs["translations"], outputs["scores"]):
+                    for text, score in zip(texts, scores):
+                        print(f"{text.decode('utf-8')}\t{score:.4f}")
+                return
             for text in outputs["translation"]:
                 print(text.decode("utf-8"))
             return
@@ -298,7 +401,7 @@ def _translate(args):
     if not texts:
         raise ValueError(f"--input: {args.input!r} holds no lines to translate."
                          if args.input is not None else "Give at least one TEXT (or --input).")
-    run = open_translator(args.model, beam_width=args.beam)
+    run = open_translator(args.model, _strategy(args), replace_unknown=args.replace_unknown)
     if args.plot and "attention" not in run.output_names:
         raise ValueError(f"--plot: {args.model!r} was built without attention "
                          "(--attention none), so there is no attention map to draw.")
@@ -341,7 +444,7 @@ def _add_evaluate(subparsers):
                         help=f"comma-separated, from: {', '.join(METRICS)} (default: all); "
                              "per counts the model's target tokens, cer the characters of "
                              "the normalised text")
-    parser.add_argument("--beam", type=_positive_int, default=1)
+    _add_strategy_choice(parser)
     parser.add_argument("--batch-size", type=_positive_int, default=256)
     parser.add_argument("--references", action="store_true",
                         help="every column after the source is an acceptable reference")
@@ -378,22 +481,27 @@ def _units(tokenizer):
 
 def _evaluate(args):
     from keras_s2s_attn.data import read_pairs
-    from keras_s2s_attn.evaluation import evaluate_texts
+    from keras_s2s_attn.evaluation import evaluate_texts, oracle_error_rates
     from keras_s2s_attn.translation import open_translator
 
     sources, references = read_pairs(args.pairs, all_targets=args.references)
     references = [r if args.references else [r] for r in references]
-    run = open_translator(args.model, beam_width=args.beam)
-    hypotheses = [text.decode("utf-8")
-                  for _, outputs in _in_batches(run, sources, args.batch_size, progress=True)
-                  for text in outputs["translation"]]
+    strategy = _strategy(args)
+    run = open_translator(args.model, strategy, replace_unknown=args.replace_unknown)
+    hypotheses, n_best = [], []
+    for _, outputs in _in_batches(run, sources, args.batch_size, progress=True):
+        hypotheses += [text.decode("utf-8") for text in outputs["translation"]]
+        if "translations" in outputs:
+            n_best += [[text.decode("utf-8") for text in row] for row in outputs["translations"]]
     scores = evaluate_texts(hypotheses, references, args.metrics,
                             **_units(run.target_tokenizer))
+    if "wer" in args.metrics and n_best and len(n_best[0]) > 1:
+        scores.update(oracle_error_rates(n_best, references))
     for name, value in scores.items():
         shown = f"{value:.2f}" if name in ("bleu", "chrf") else f"{100 * value:.2f}%"
-        print(f"{name:>6}  {shown}", file=sys.stderr)
+        print(f"{name:>13}  {shown}", file=sys.stderr)
     print(json.dumps({"model": args.model, "pairs": args.pairs, "sources": len(sources),
-                      "beam": args.beam, **scores}))
+                      "strategy": repr(strategy), **scores}))
     return 0
 
 

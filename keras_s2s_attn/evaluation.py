@@ -89,6 +89,40 @@ def sequence_error_rate(hypotheses, references):
     return wrong / len(hypotheses)
 
 
+def oracle_error_rates(n_best, references, ks=None):
+    """Oracle WER@k: the share of sources none of whose k best hypotheses matches a
+    reference (a G2P word counts as right if any of its top k is).
+
+    Args:
+        n_best: List of lists of str: each source's hypotheses, best first.
+        references: List of lists of str (alternatives per source).
+        ks: The k to report; default 1, 2, 4, ... up to, and with, K (the
+            number of hypotheses per source).
+
+    Returns:
+        `{"oracle_wer@k": rate}` for each k.
+
+    Example:
+
+    >>> oracle_error_rates([["HH AH L OW", "HH EH L OW"]], [["HH EH L OW"]])
+    {'oracle_wer@1': 1.0, 'oracle_wer@2': 0.0}
+    """
+    n_best, references = _check(n_best, references)
+    size = min(len(hypotheses) for hypotheses in n_best)
+    if ks is None:
+        ks = sorted({2 ** i for i in range(size.bit_length()) if 2 ** i <= size} | {size})
+    if not size or any(not 1 <= k <= size for k in ks):
+        raise ValueError(f"Every k must be from 1 to the hypotheses per source ({size}); "
+                         f"got {list(ks)}.")
+    first_right = []
+    for hypotheses, alternatives in zip(n_best, references):
+        accepted = {" ".join(r.split()) for r in alternatives}
+        ranks = [i for i, h in enumerate(hypotheses) if " ".join(h.split()) in accepted]
+        first_right.append(ranks[0] if ranks else size)
+    return {f"oracle_wer@{k}": sum(rank >= k for rank in first_right) / len(n_best)
+            for k in ks}
+
+
 def evaluate_texts(hypotheses, references, metrics=METRICS, tokenize=whitespace_tokens,
                    normalize=None):
     """The chosen metrics as a dict of floats (BLEU and chrF on their 0-100 scale).

@@ -10,9 +10,14 @@ import dataclasses
 WEIGHT_DTYPES = ("float32", "float16", "int8", "int4")
 
 
-def _help(text):
-    """A dataclass field's help line for the command line (`--name`, from the field name)."""
-    return {"help": text}
+def _help(text, flag=None):
+    """A dataclass field's command-line help, and its flag when not `--field-name`."""
+    return {"help": text, **({"flag": flag} if flag else {})}
+
+
+def flag_name(field):
+    """The command-line flag of a dataclass field: its own, else `--field-name`."""
+    return field.metadata.get("flag") or "--" + field.name.replace("_", "-")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,3 +74,37 @@ class ServingOptions:
                                  f"{getattr(self, name)}")
         if not 0 <= self.float_decimals <= 17:
             raise ValueError(f"float_decimals must be from 0 to 17; got {self.float_decimals}")
+
+
+@dataclasses.dataclass(frozen=True)
+class BeamOptions:
+    """Beam search's options and defaults (`BeamSearch`, `s2s-attn translate --beam`)."""
+
+    beam_width: int = dataclasses.field(
+        default=4, metadata=_help("beam width: hypotheses kept per input", "--beam"))
+    length_penalty_weight: float = dataclasses.field(
+        default=0.6, metadata=_help("GNMT length penalty α (0: none)", "--length-penalty"))
+    coverage_penalty_weight: float = dataclasses.field(
+        default=0.0, metadata=_help("GNMT coverage penalty β (0: none)", "--coverage-penalty"))
+    num_results: int = dataclasses.field(
+        default=None, metadata=_help("best hypotheses returned per input, at most the beam "
+                                     "width (translate and evaluate: default 1; the export and "
+                                     "BeamSearch: default all of the beam)", "--n-best"))
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingOptions:
+    """Sampling's options and defaults (`SamplingSearch`, `s2s-attn translate --sample`)."""
+
+    temperature: float = dataclasses.field(
+        default=1.0, metadata=_help("divides the log-probabilities; 0: the most likely token"))
+    top_k: int = dataclasses.field(
+        default=0, metadata=_help("sample among the k most likely tokens (0: all)"))
+    top_p: float = dataclasses.field(
+        default=1.0, metadata=_help("sample within the smallest set of most likely tokens "
+                                    "whose probability reaches p (1: all)"))
+    num_samples: int = dataclasses.field(
+        default=1, metadata=_help("samples drawn per input"))
+    seed: int = dataclasses.field(
+        default=-1, metadata=_help("random seed, for reproducible samples (-1: a fresh one "
+                                   "each call)"))

@@ -22,6 +22,7 @@ import concurrent.futures
 import json
 import logging
 import os
+import re
 import reprlib
 import resource
 import signal
@@ -39,7 +40,12 @@ from aiohttp.http_exceptions import HttpProcessingError
 from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import error_codes_pb2
 
-from keras_s2s_attn.export import WARMUP_FILE, load_saved_model, versions
+from keras_s2s_attn.saved_models import (
+    WARMUP_FILE,
+    load_saved_model,
+    read_export_info,
+    versions,
+)
 from keras_s2s_attn.options import ServingOptions
 
 log = logging.getLogger("keras_s2s_attn.serving")
@@ -144,6 +150,13 @@ def run_warmup_requests(model, version_dir):
     return count
 
 
+def request_defaults(version_dir):
+    """`{signature: {input: default}}`: what the export baked in for the scalar inputs
+    (sampling's temperature, ...), filled in when a request leaves them out."""
+    signatures = read_export_info(version_dir).get("signatures", {})
+    return {name: entry.get("inputs", {}) for name, entry in signatures.items()}
+
+
 class ModelBasePath:
     """The versions of one model: the newest that loads is served, swapped atomically.
 
@@ -164,7 +177,7 @@ class ModelBasePath:
             raise FileNotFoundError(f"No model base path at {self.base_path!r}")
         self.name = os.path.basename(os.path.normpath(self.base_path))
         self._lock = threading.Lock()
-        self._served = None  # (version, SavedModel)
+        self._served = None  # (version, SavedModel, {signature: {input: default}})
         self._failed = {}  # version -> (fingerprint, error code, message)
         self.refresh()
         if self._served is None:
@@ -199,6 +212,7 @@ class ModelBasePath:
         try:
             model = load_saved_model(path)
             warmups = run_warmup_requests(model, path)
+            defaults = request_defaults(path)
         except Exception as error:  # noqa: BLE001 (a bad version must not stop serving)
             with self._lock:
                 self._failed[version] = (fingerprint, _error_code(error), _one_line(error))
@@ -207,13 +221,14 @@ class ModelBasePath:
             return False
         with self._lock:
             self._failed.pop(version, None)
-            self._served = (version, model)
+            self._served = (version, model, defaults)
         log.info("serving %s version %d (warmed up with %d requests from %s)", self.name,
                  version, warmups, WARMUP_FILE)
         return True
 
     def get(self, version=None):
-        """`(version, model)`; a version other than the served one is not found (404)."""
+        """`(version, model, request defaults)`; a version other than the served one is
+        not found (404)."""
         with self._lock:
             served = self._served
         if version is not None and version != served[0]:
@@ -298,6 +313,7 @@ class PredictRequest(NamedTuple):
     texts: list  # the inputs, as bytes
     row_format: bool  # "instances" (answered with "predictions"), else "inputs"
     output_filter: tuple  # the outputs to answer with; empty for all
+    scalars: dict  # the columnar format's other inputs: name -> JSON number
 
 
 def _string_value(value, where):
@@ -340,15 +356,18 @@ def _instances(rows, input_name, max_batch_size):
 
 
 def _inputs(column, input_name, max_batch_size):
+    """The columnar format: the texts, and the other (scalar) inputs by name."""
+    scalars = {}
     if isinstance(column, dict) and "b64" not in column:
-        if set(column) != {input_name}:
-            raise RequestError(f"'inputs' must have exactly the key '{input_name}'; got "
+        if input_name not in column:
+            raise RequestError(f"'inputs' must have the key '{input_name}'; got "
                                f"{_short(sorted(column))}")
+        scalars = {name: value for name, value in column.items() if name != input_name}
         column = column[input_name]
     if not isinstance(column, list):
         raise RequestError(f"'inputs' must be a list of strings (the '{input_name}' batch).")
     _check_batch_size(column, "'inputs'", max_batch_size)
-    return [_string_value(v, f"inputs[{i}]") for i, v in enumerate(column)]
+    return [_string_value(v, f"inputs[{i}]") for i, v in enumerate(column)], scalars
 
 
 def _output_filter(body):
@@ -362,7 +381,9 @@ def parse_predict_body(body, max_batch_size, input_name="text"):
     """A TF Serving predict body (parsed JSON) to a `PredictRequest`.
 
     Besides TF Serving's keys, `"output_filter": [names]` asks for only
-    those outputs (as the gRPC API's `PredictRequest.output_filter`).
+    those outputs (as the gRPC API's `PredictRequest.output_filter`). In
+    the columnar format, `inputs` may name scalar inputs beside `text`
+    (`{"text": [...], "temperature": 0.8}`); the row format gives texts only.
 
     Raises:
         RequestError: For a malformed body, or more than `max_batch_size` instances.
@@ -377,9 +398,9 @@ def parse_predict_body(body, max_batch_size, input_name="text"):
         raise RequestError("The request must have exactly one of 'instances' (row format) "
                            "and 'inputs' (columnar format).")
     row_format = "instances" in body
-    texts = (_instances(body["instances"], input_name, max_batch_size) if row_format
-             else _inputs(body["inputs"], input_name, max_batch_size))
-    return PredictRequest(signature, texts, row_format, _output_filter(body))
+    texts, scalars = ((_instances(body["instances"], input_name, max_batch_size), {})
+                      if row_format else _inputs(body["inputs"], input_name, max_batch_size))
+    return PredictRequest(signature, texts, row_format, _output_filter(body), scalars)
 
 
 def _json_value(value, decimals=None):
@@ -462,8 +483,51 @@ def signature_metadata(model):
     return {"signature_def": {"signature_def": definitions}}
 
 
-def run_predict(model, body, options):
+def _scalar_inputs(function, request, defaults):
+    """The signature's inputs other than `text`: the request's values, else the defaults."""
+    specs = function.structured_input_signature[1]
+    unknown = sorted(set(request.scalars) - set(specs))
+    if unknown:
+        raise RequestError(f"'inputs': {_short(unknown)} not among the inputs of "
+                           f"{request.signature!r}: {sorted(specs)}")
+    values = {}
+    for name, spec in specs.items():
+        if name == "text":
+            continue
+        value = request.scalars.get(name, defaults.get(name))
+        if value is None:
+            raise RequestError(f"{request.signature!r} needs the input {name!r} in 'inputs' "
+                               "(the columnar format).")
+        integer = spec.dtype.is_integer
+        if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
+            kind = "an integer" if integer else "a number"
+            raise RequestError(f"'inputs': {name!r} must be {kind}; got {_short(value)}")
+        if integer and not -2**31 <= value < 2**31:
+            raise RequestError(f"'inputs': {name!r} must fit in int32; got {_short(value)}")
+        values[name] = tf.constant(value, spec.dtype)
+    return values
+
+
+def _invalid_argument(message):
+    """One line from a graph's InvalidArgumentError: a failed assertion's own words and the
+    value it got, else the first informative line."""
+    match = re.search(r"assertion failed: \[(.+?)\] \[.*?\] \[x \(.*?\) = \] \[(.*?)\]",
+                      message)
+    if match:
+        return f"{match.group(1)}; got {match.group(2)}"
+    lines = [line for line in message.strip().splitlines()
+             if line.strip() and line.strip() != "Graph execution error:"]
+    return lines[0] if lines else "Invalid argument"
+
+
+def run_predict(model, body, options, defaults=None):
     """Answers one predict request body (bytes), in a worker thread.
+
+    Args:
+        model: The served SavedModel.
+        body: The request body.
+        options: `ServingOptions`.
+        defaults: `{signature: {input: default}}` of the export (`request_defaults`).
 
     Returns:
         `(instances, answer)`: the batch size and the JSON answer as bytes.
@@ -477,7 +541,12 @@ def run_predict(model, body, options):
     if unknown:
         raise RequestError(f"'output_filter': {_short(unknown)} not among the outputs of "
                            f"{request.signature!r}: {sorted(function.structured_outputs)}")
-    outputs = function(text=tf.constant(request.texts, tf.string, shape=[len(request.texts)]))
+    scalars = _scalar_inputs(function, request, (defaults or {}).get(request.signature, {}))
+    try:
+        outputs = function(text=tf.constant(request.texts, tf.string,
+                                            shape=[len(request.texts)]), **scalars)
+    except tf.errors.InvalidArgumentError as error:  # e.g. top_p outside (0, 1]
+        raise RequestError(_invalid_argument(error.message)) from None
     answer = format_outputs({name: value.numpy() for name, value in outputs.items()},
                             request.row_format, list(request.output_filter) or None,
                             options.float_decimals)
@@ -549,17 +618,17 @@ class _Handlers:
             {"model_version_status": self.models.status(self._version(request))})
 
     async def metadata(self, request):
-        version, model = self.models.get(self._version(request))
+        version, model, _ = self.models.get(self._version(request))
         return web.json_response({
             "model_spec": {"name": self.models.name, "signature_name": "",
                            "version": str(version)},
             "metadata": signature_metadata(model)})
 
     async def predict(self, request):
-        _, model = self.models.get(self._version(request))
+        _, model, defaults = self.models.get(self._version(request))
         body = await read_body(request, self.options)
         work = asyncio.get_running_loop().run_in_executor(
-            self.executor, run_predict, model, body, self.options)
+            self.executor, run_predict, model, body, self.options, defaults)
         try:  # on a timeout or a lost client, a request still queued never runs
             instances, answer = await asyncio.wait_for(work, self.options.request_timeout)
         except asyncio.TimeoutError:

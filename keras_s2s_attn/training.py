@@ -36,15 +36,17 @@ from keras_s2s_attn.models import (
     MaskedSparseCategoricalCrossentropy,
     build_seq2seq_model,
 )
+from keras_s2s_attn.runs import (
+    BEST_MODEL,
+    CONFIG_FILE,
+    FINAL_MODEL,
+    METRICS_FILE,
+    SOURCE_VOCAB,
+    TARGET_VOCAB,
+)
 from keras_s2s_attn.text import load_tokenizer, make_tokenizer
 
 STRATEGIES = ("default", "mirrored")
-CONFIG_FILE = "config.json"
-METRICS_FILE = "metrics.csv"
-BEST_MODEL = "best.keras"
-FINAL_MODEL = "model.keras"
-SOURCE_VOCAB = "source_vocab"
-TARGET_VOCAB = "target_vocab"
 
 
 def _strategy(name):
@@ -400,26 +402,3 @@ def _early_stop(model, callbacks, epochs_done, epochs):
             return (f"early stopping after epoch {epochs_done} of {epochs}: {callback.monitor} "
                     f"did not improve for {callback.patience} epoch(s){restored}")
     return f"a callback stopped training after epoch {epochs_done} of {epochs}"
-
-
-def load_run(run_dir, which="best", compile=False):
-    """Loads a run's model and tokenizers.
-
-    Args:
-        run_dir: A directory written by `train`.
-        which: `"best"` (lowest validation loss) or `"final"`.
-        compile: Also restore the optimizer, loss and metrics (to train on);
-            off by default, so inference and exports carry no optimizer state.
-
-    Returns:
-        `(model, source_tokenizer, target_tokenizer, config)`.
-    """
-    path = os.path.join(run_dir, BEST_MODEL if which == "best" else FINAL_MODEL)
-    if which not in ("best", "final"):
-        raise ValueError(f"`which` must be 'best' or 'final'. Received: {which!r}")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"No model at {path!r}: is {run_dir!r} a finished run?")
-    with open(os.path.join(run_dir, CONFIG_FILE)) as handle:
-        config = json.load(handle)
-    return (keras.saving.load_model(path, compile=compile), load_tokenizer(os.path.join(run_dir, SOURCE_VOCAB)),
-            load_tokenizer(os.path.join(run_dir, TARGET_VOCAB)), config)

@@ -1,33 +1,39 @@
 """Text in, text out: tokenise, decode, detokenise, all in TensorFlow.
 
-`Translator` joins a trained model, its two tokenizers and a `Decoder`. The
-same graph code serves Python callers (`translator(["text", ...])`,
-`translate(...)`) and the exported SavedModel's signatures (`export.py`), so
-a served model answers exactly as the model does in Python.
+`Translator` joins a trained model (a stepper over it), its two tokenizers
+and a set of decoding strategies, one per signature name. The same graph
+code serves Python callers (`translator(["text", ...], signature)`,
+`translate(...)`) and the exported SavedModel's signatures (`export.py`),
+so a served model answers exactly as the model does in Python.
 """
 
+import functools
 import os
+import re
 
 import tensorflow as tf
 
-from keras_s2s_attn.checks import non_negative, positive_int
-from keras_s2s_attn.decoding import Decoder, EnsembleDecoder
+from keras_s2s_attn import runs, saved_models
+from keras_s2s_attn.checks import positive_int
+from keras_s2s_attn.decoding import BeamSearch, GreedySearch, SamplingSearch, make_stepper
+from keras_s2s_attn.decoding.registry import get_strategy
+from keras_s2s_attn.options import BeamOptions, SamplingOptions
 from keras_s2s_attn.special_ids import PAD_ID, UNK_ID
 
 DEFAULT_MAX_SOURCE_LENGTH = 256
 OUTPUT_NAMES = ("translation", "score", "attention", "source_tokens", "target_tokens",
                 "truncated", "unknown_tokens")
-# A model built with attention=None has no attention map: its outputs leave
-# `attention` out (rather than invent an all-zero one), so a client tells the
-# two kinds of model apart from the signature's outputs alone.
-OUTPUT_NAMES_WITHOUT_ATTENTION = tuple(name for name in OUTPUT_NAMES if name != "attention")
+# What a strategy that `lists_results` adds: all its results, best first.
+LIST_OUTPUT_NAMES = ("translations", "scores")
+_SIGNATURE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
-def is_run_dirs(value):
-    """True for a run directory (a path) or a non-empty list of them, False for models."""
-    if isinstance(value, (list, tuple)):
-        return bool(value) and all(is_run_dirs(item) for item in value)
-    return isinstance(value, (str, bytes, os.PathLike))
+def default_strategies(beam=BeamOptions(), sampling=SamplingOptions()):
+    """`{signature name: strategy}` of a `Translator` (and an export) by default:
+    `serving_default` greedy, `beam_search` and `sample`."""
+    return {"serving_default": GreedySearch(),
+            "beam_search": BeamSearch(**vars(beam)),
+            "sample": SamplingSearch(**vars(sampling))}
 
 
 class Translator:
@@ -35,22 +41,27 @@ class Translator:
 
     Args:
         model: A model from `build_seq2seq_model`, or a list of such models
-            sharing the tokenizers, decoded as one ensemble (`EnsembleDecoder`).
+            sharing the tokenizers, decoded as one ensemble (`EnsembleStepper`).
         source_tokenizer, target_tokenizer: The run's adapted tokenizers.
+        strategies: `{signature name: strategy}`: each a `DecodingStrategy`
+            or a registered name; default `default_strategies()`
+            (`serving_default` greedy, `beam_search`, `sample`).
         max_source_length: Source tokens kept per input; longer inputs are
             cut and flagged in `truncated`.
         max_output_length: Most target tokens (the end token included);
             default 2·S + 10 for a batch whose longest source has S tokens.
-        beam_width: Beam width of `beam=True` (and of the exported beam
-            signature).
-        length_penalty_weight, coverage_penalty_weight: GNMT penalties of the
-            beam search.
-        jit_compile: Compile the decoder's numeric core with XLA in Python
-            calls (string ops always stay outside XLA).
+        replace_unknown: Replace each unknown target token by the source
+            token it attended to most (OpenNMT's `replace_unknown_target`);
+            needs attention and a `char`, `word` or `space` target tokenizer.
+        jit_compile: Compile the searches with XLA in Python calls (string
+            ops always stay outside XLA; XLA draws other samples than the
+            export for one seed).
 
     Call arguments:
         texts: A str, a list of str, or a 1-D `tf.string` tensor.
-        beam: Use beam search instead of greedy decoding.
+        signature: Which strategy decodes (a key of `strategies`).
+        **inputs: The strategy's per-call values (`SamplingSearch`:
+            `temperature`, `top_k`, `top_p`, `seed`).
 
     Returns:
         A dict of numpy arrays, one row per text: `translation` (bytes, UTF-8),
@@ -60,46 +71,63 @@ class Translator:
         for labelling attention maps), `truncated` (bool), `unknown_tokens`
         (int32: how many of the row's source tokens, after truncation, the
         source vocabulary lacks; a text the model cannot read shows here).
+        A strategy that lists its results (beam, sampling) adds
+        `translations` and `scores` `(batch, K)`, best first; the other
+        outputs are those of the best.
 
     Example:
 
     >>> translator = Translator.from_run("runs/g2p")
     >>> translator(["attention"])["translation"]
     array([b'AH T EH N SH AH N'], dtype=object)
+    >>> translator(["attention"], "beam_search")["translations"].shape
+    (1, 4)
     """
 
-    def __init__(self, model, source_tokenizer, target_tokenizer, *,
+    def __init__(self, model, source_tokenizer, target_tokenizer, *, strategies=None,
                  max_source_length=DEFAULT_MAX_SOURCE_LENGTH, max_output_length=None,
-                 beam_width=4, length_penalty_weight=0.6, coverage_penalty_weight=0.0,
-                 jit_compile=False):
+                 replace_unknown=False, jit_compile=False):
         self.models = list(model) if isinstance(model, (list, tuple)) else [model]
+        self.stepper = make_stepper(self.models)
         self.source_tokenizer = source_tokenizer
         self.target_tokenizer = target_tokenizer
+        self.strategies = _checked_strategies(default_strategies() if strategies is None
+                                              else strategies)
         self.max_source_length = positive_int(max_source_length, "max_source_length")
         self.max_output_length = (None if max_output_length is None
                                   else positive_int(max_output_length, "max_output_length"))
-        self.beam_width = positive_int(beam_width, "beam_width")
-        self.length_penalty_weight = non_negative(length_penalty_weight, "length_penalty_weight")
-        self.coverage_penalty_weight = non_negative(coverage_penalty_weight,
-                                                    "coverage_penalty_weight")
-        self.decoder = (Decoder(self.models[0], jit_compile=jit_compile)
-                        if len(self.models) == 1
-                        else EnsembleDecoder(self.models, jit_compile=jit_compile))
+        self.replace_unknown = bool(replace_unknown)
+        if self.replace_unknown:
+            _check_replace_unknown(self.stepper, target_tokenizer)
+        self.jit_compile = bool(jit_compile)
         self._encode_graph = tf.function(self.encode_text, reduce_retracing=True)
         self._finish_graph = tf.function(self.finish, reduce_retracing=True)
+        self._cores = {}
 
     @property
-    def output_names(self):
-        """The keys of the output dict (and of the exported signatures' outputs)."""
-        return OUTPUT_NAMES if self.decoder.has_attention else OUTPUT_NAMES_WITHOUT_ATTENTION
+    def has_attention(self):
+        return self.stepper.has_attention
+
+    def output_names(self, signature="serving_default"):
+        """The keys of a signature's output dict (and of the exported signature)."""
+        names = OUTPUT_NAMES if self.has_attention else tuple(
+            name for name in OUTPUT_NAMES if name != "attention")
+        if self._strategy(signature).lists_results:
+            names += LIST_OUTPUT_NAMES
+        return names
 
     def settings(self):
-        """The decoding settings, as a JSON-able dict."""
-        return {"ensemble_size": len(self.models), "outputs": list(self.output_names),
+        """What the export fixes, as a JSON-able dict (its info file)."""
+        return {"ensemble_size": len(self.models),
                 "max_source_length": self.max_source_length,
-                "max_output_length": self.max_output_length, "beam_width": self.beam_width,
-                "length_penalty_weight": self.length_penalty_weight,
-                "coverage_penalty_weight": self.coverage_penalty_weight}
+                "max_output_length": self.max_output_length,
+                "replace_unknown": self.replace_unknown,
+                "signatures": {name: {"strategy": strategy.name,
+                                      "options": strategy.get_config(),
+                                      "inputs": {key: default for key, (_, default)
+                                                 in strategy.request_inputs().items()},
+                                      "outputs": list(self.output_names(name))}
+                               for name, strategy in self.strategies.items()}}
 
     @classmethod
     def from_run(cls, run_dir, which="best", **kwargs):
@@ -108,27 +136,17 @@ class Translator:
 
         `max_source_length` defaults to the (first) run's own, else 256.
         """
-        from keras_s2s_attn.training import load_run
-
-        if not is_run_dirs(run_dir):
-            raise ValueError("`run_dir` must be a run directory or a non-empty list of them; "
-                             f"got {run_dir!r}.")
-        run_dirs = list(run_dir) if isinstance(run_dir, (list, tuple)) else [run_dir]
-        runs = [load_run(path, which=which) for path in run_dirs]
-        _, source_tokenizer, target_tokenizer, config = runs[0]
-        for path, (_, source, target, _) in zip(run_dirs[1:], runs[1:]):
-            for side, mine, first in (("source", source, source_tokenizer),
-                                      ("target", target, target_tokenizer)):
-                if (mine.get_config(), mine.vocabulary) != (first.get_config(),
-                                                            first.vocabulary):
-                    raise ValueError(
-                        f"An ensemble's runs must share their tokenizers: the {side} "
-                        f"tokenizer of {os.fspath(path)!r} differs from that of "
-                        f"{os.fspath(run_dirs[0])!r} ({mine!r} vs {first!r}).")
+        models, source_tokenizer, target_tokenizer, config = runs.load_runs(run_dir, which)
         kwargs.setdefault("max_source_length",
                           config.get("max_source_length") or DEFAULT_MAX_SOURCE_LENGTH)
-        return cls([model for model, _, _, _ in runs], source_tokenizer, target_tokenizer,
-                   **kwargs)
+        return cls(models, source_tokenizer, target_tokenizer, **kwargs)
+
+    def _strategy(self, signature):
+        strategy = self.strategies.get(signature)
+        if strategy is None:
+            raise ValueError(f"No signature {signature!r}; this translator has "
+                             f"{sorted(self.strategies)}.")
+        return strategy
 
     # ------------------------------------------------------------ graph parts
     def encode_text(self, text):
@@ -149,90 +167,142 @@ class Translator:
             budget = tf.minimum(budget, self.max_output_length)
         return budget
 
-    def finish(self, source_ids, truncated, empty, ids, lengths, scores, attention=None):
-        """Decoder results to the output dict (detokenised, labelled, empty rows blank).
+    def decode_graph(self, signature, source_ids, max_length=None, **inputs):
+        """The numeric core as TensorFlow ops: source ids to `(ids, lengths,
+        scores, attention)` `(batch, K, ...)` of the signature's strategy.
 
-        `attention` is ignored (and may be None) for a model without attention.
+        It holds every read of the model's weights and no string op, so the
+        export can wrap it alone (stored weights) between the string parts
+        `encode_text` and `finish`.
         """
-        translation = self.target_tokenizer.decode(ids)
-        translation = tf.where(empty, tf.constant(""), translation)
-        steps = tf.shape(ids)[1]
-        # Target labels: the tokens up to and including the end token.
-        kept = tf.range(steps)[None, :] <= lengths[:, None]
-        kept &= ~empty[:, None] & tf.not_equal(ids, PAD_ID)
-        target_tokens = tf.where(kept, self.target_tokenizer.id_to_token(ids), "")
+        if max_length is None:
+            max_length = self.max_length_for(source_ids)
+        result = self._strategy(signature).decode(self.stepper, source_ids, max_length,
+                                                  **inputs).trimmed()
+        return result.ids, result.lengths, result.scores, result.attention
+
+    def finish(self, source_ids, truncated, empty, ids, lengths, scores, attention,
+               lists=False):
+        """Search results `(batch, K, ...)` to the output dict (detokenised,
+        labelled, empty rows blank); with `lists`, `translations` and `scores`
+        of all K too. `attention` is ignored for a model without attention."""
         source_tokens = tf.where(tf.not_equal(source_ids, PAD_ID),
                                  self.source_tokenizer.id_to_token(source_ids), "")
+        steps = tf.shape(ids)[2]
+        # Target labels: the tokens up to and including the end token.
+        kept = (tf.range(steps) <= lengths[..., None]) & tf.not_equal(ids, PAD_ID)
+        kept &= ~empty[:, None, None]
+        tokens = self.target_tokenizer.id_to_token(ids)
+        if self.replace_unknown:
+            copied = tf.gather(source_tokens, tf.argmax(attention, axis=-1, output_type=tf.int32),
+                               batch_dims=1)
+            tokens = tf.where(tf.equal(ids, UNK_ID),
+                              self.target_tokenizer.copied_surface(copied), tokens)
+            translations = self._join(tokens, tf.range(steps) < lengths[..., None])
+        else:  # explicit sizes, not -1: an empty batch has none to infer
+            batch, results = tf.shape(ids)[0], tf.shape(ids)[1]
+            translations = tf.reshape(
+                self.target_tokenizer.decode(tf.reshape(ids, (batch * results, steps))),
+                (batch, results))
+        translations = tf.where(empty[:, None], tf.constant(""), translations)
+        scores = tf.where(empty[:, None], 0.0, scores)
         outputs = {
-            "translation": translation,
-            "score": tf.where(empty, 0.0, scores),
+            "translation": translations[:, 0],
+            "score": scores[:, 0],
             "source_tokens": source_tokens,
-            "target_tokens": target_tokens,
+            "target_tokens": tf.where(kept, tokens, "")[:, 0],
             "truncated": truncated,
             "unknown_tokens": tf.reduce_sum(tf.cast(tf.equal(source_ids, UNK_ID), tf.int32),
                                             axis=1),
+            "translations": translations,
+            "scores": scores,
         }
-        if self.decoder.has_attention:
-            outputs["attention"] = tf.where(kept[..., None], attention, 0.0)
-        return {name: outputs[name] for name in self.output_names}
+        if self.has_attention:
+            outputs["attention"] = tf.where(kept[..., None], attention, 0.0)[:, 0]
+        names = OUTPUT_NAMES + (LIST_OUTPUT_NAMES if lists else ())
+        return {name: outputs[name] for name in names if name in outputs}
 
-    def decode_graph(self, source_ids, beam=False):
-        """The numeric core as TensorFlow ops: source ids to `(ids, lengths,
-        scores, attention)` of the best hypothesis, greedy or beam search.
+    def _join(self, tokens, before_end):
+        """Token strings `(batch, K, T)` to text `(batch, K)`: those before the end id."""
+        batch, results = tf.shape(tokens)[0], tf.shape(tokens)[1]
+        flat = tf.reshape(tokens, (batch * results, -1))
+        ragged = tf.ragged.boolean_mask(flat, tf.reshape(before_end, tf.shape(flat)))
+        return tf.reshape(self.target_tokenizer.detokenize(ragged), (batch, results))
 
-        It holds every read of the model's weights and no string op, so the
-        export can wrap it alone (stored weights, XLA) between the string
-        parts `encode_text` and `finish`.
-        """
-        max_length = self.max_length_for(source_ids)
-        if beam:
-            ids, lengths, scores, _, attention, steps = self.decoder.beam_graph(
-                source_ids, max_length, self.beam_width,
-                tf.constant(self.length_penalty_weight),
-                tf.constant(self.coverage_penalty_weight))
-            return ids[:, 0, :steps], lengths[:, 0], scores[:, 0], attention[:, 0, :steps]
-        ids, lengths, scores, attention, steps = self.decoder.greedy_graph(source_ids,
-                                                                           max_length)
-        return ids[:, :steps], lengths, scores, attention[:, :steps]
-
-    def translate_graph(self, text, beam=False):
+    def translate_graph(self, text, signature="serving_default", **inputs):
         """The whole text-to-text path as TensorFlow ops: `encode_text`,
-        `decode_graph`, `finish`. `beam` is a Python bool."""
+        `decode_graph`, `finish`."""
         source_ids, truncated, empty = self.encode_text(text)
-        return self.finish(source_ids, truncated, empty, *self.decode_graph(source_ids, beam))
+        return self.finish(source_ids, truncated, empty,
+                           *self.decode_graph(signature, source_ids, **inputs),
+                           lists=self._strategy(signature).lists_results)
 
     # ------------------------------------------------------------ Python API
-    def __call__(self, texts, beam=False):
+    def __call__(self, texts, signature="serving_default", **inputs):
+        strategy = self._strategy(signature)
         if isinstance(texts, str):
             texts = [texts]
         texts = tf.convert_to_tensor(texts, tf.string)
         if texts.shape.rank != 1:
             raise ValueError(f"`texts` must be a str or a 1-D list of str; got shape "
                              f"{texts.shape}.")
+        # All inputs, always as tensors: one trace per strategy, whichever a call sets.
+        inputs = strategy.request_values(**inputs)
         source_ids, truncated, empty = self._encode_graph(texts)
-        budget = int(self.max_length_for(source_ids))
-        if beam:
-            result = self.decoder.beam_search(
-                source_ids, beam_width=self.beam_width, max_output_length=budget,
-                length_penalty_weight=self.length_penalty_weight,
-                coverage_penalty_weight=self.coverage_penalty_weight)
-        else:
-            result = self.decoder.greedy(source_ids, max_output_length=budget)
-        outputs = self._finish_graph(source_ids, truncated, empty, result["ids"],
-                                     result["lengths"], result["scores"],
-                                     result.get("attention"))
+        budget = self.max_length_for(source_ids)
+        # Buffer sizes must be compile-time constants under XLA (one
+        # compilation per value); a tensor otherwise avoids retracing.
+        budget = int(budget) if self.jit_compile else budget
+        if texts.shape[0]:
+            results = self._core(signature)(source_ids, budget, **inputs)
+        else:  # a search traced for a static batch of 0 cannot write its buffers
+            k, width = strategy.num_results, source_ids.shape[1]
+            results = (tf.zeros([0, k, 0], tf.int32), tf.zeros([0, k], tf.int32),
+                       tf.zeros([0, k]), tf.zeros([0, k, 0, width]))
+        outputs = self._finish_graph(source_ids, truncated, empty, *results,
+                                     lists=strategy.lists_results)
         return {name: value.numpy() for name, value in outputs.items()}
+
+    def _core(self, signature):
+        core = self._cores.get(signature)
+        if core is None:
+            core = tf.function(functools.partial(self.decode_graph, signature),
+                               jit_compile=self.jit_compile, reduce_retracing=True)
+            self._cores[signature] = core
+        return core
+
+
+def _checked_strategies(strategies):
+    if not isinstance(strategies, dict) or not strategies:
+        raise ValueError("`strategies` must be a non-empty dict {signature name: strategy}; "
+                         f"got {strategies!r}.")
+    checked = {}
+    for name, strategy in strategies.items():
+        if not isinstance(name, str) or not _SIGNATURE_NAME.fullmatch(name):
+            raise ValueError(f"A signature name must be an identifier; got {name!r}.")
+        checked[name] = get_strategy(strategy)
+    return checked
+
+
+def _check_replace_unknown(stepper, target_tokenizer):
+    if not stepper.has_attention:
+        raise ValueError("`replace_unknown` needs attention: the model was built without it, "
+                         "so no source token can be picked.")
+    if target_tokenizer.copied_surface is None:
+        raise ValueError(f"`replace_unknown` needs a char, word or space target tokenizer; "
+                         f"got {target_tokenizer.kind!r}, whose tokens are pieces of words.")
 
 
 def translate(model_or_run_dir, texts, *, source_tokenizer=None, target_tokenizer=None,
-              beam_width=1, **kwargs):
+              strategy="greedy", **kwargs):
     """Translates `texts` with a model (and its tokenizers) or a run directory.
 
     Args:
         model_or_run_dir: A run directory from `train` (or a list of them,
             decoded as their ensemble), or a model (then pass both tokenizers).
         texts: A str or a list of str.
-        beam_width: 1 for greedy decoding, more for beam search.
+        strategy: A `DecodingStrategy` or a registered name (`"greedy"`,
+            `"beam"`, `"sample"`); its best result is returned.
         **kwargs: `Translator` options (`max_source_length`, `jit_compile`, ...).
 
     Returns:
@@ -240,29 +310,33 @@ def translate(model_or_run_dir, texts, *, source_tokenizer=None, target_tokenize
 
     Example:
 
-    >>> translate("runs/g2p", ["attention", "seq2seq"], beam_width=4)
+    >>> translate("runs/g2p", ["attention", "seq2seq"], strategy=BeamSearch(4))
     ['AH T EH N SH AH N', 'S IY K T UW S IY K']
     """
-    kwargs["beam_width"] = beam_width
-    if is_run_dirs(model_or_run_dir):
+    kwargs["strategies"] = {"translate": strategy}
+    if runs.is_run_dirs(model_or_run_dir):
         translator = Translator.from_run(model_or_run_dir, **kwargs)
     else:
         if source_tokenizer is None or target_tokenizer is None:
             raise ValueError("Pass `source_tokenizer` and `target_tokenizer` with a model "
                              "(or give a run directory instead).")
         translator = Translator(model_or_run_dir, source_tokenizer, target_tokenizer, **kwargs)
-    outputs = translator(texts, beam=beam_width > 1)
+    outputs = translator(texts, "translate")
     return [text.decode("utf-8") for text in outputs["translation"]]
 
 
-def open_translator(path, beam_width=1):
+def open_translator(path, strategy="greedy", replace_unknown=False):
     """A function `texts -> outputs` for a run directory or an exported SavedModel.
 
     Args:
-        path: A run directory (any `beam_width`), `saved_models/NAME` (its
-            highest version) or one version directory. An exported model's
-            beam width is fixed at export: `beam_width` must be 1 or that.
-        beam_width: 1 for greedy decoding.
+        path: A run directory (any strategy), `saved_models/NAME` (its
+            highest version) or one version directory. An exported model
+            decodes only with the strategies exported: the strategy must
+            match one of its signatures (a beam's width and penalties, the
+            number of samples), though it may ask for fewer results.
+        strategy: A `DecodingStrategy` or a registered name.
+        replace_unknown: Replace unknown target tokens (see `Translator`); an
+            export must have been exported so.
 
     Returns:
         A callable taking a list of str and returning the output dict of
@@ -270,32 +344,57 @@ def open_translator(path, beam_width=1):
         that dict's keys; `target_tokenizer` is the model's target tokenizer
         (None for an export that did not save it).
     """
-    from keras_s2s_attn import export  # export imports this module
-
+    strategy = get_strategy(strategy)
     path = os.fspath(path)
-    if os.path.exists(os.path.join(path, "config.json")):
-        translator = Translator.from_run(path, beam_width=beam_width)
+    if runs.is_run_dir(path):
+        translator = Translator.from_run(path, strategies={"translate": strategy},
+                                         replace_unknown=replace_unknown)
 
         def run(texts):
-            return translator(texts, beam=beam_width > 1)
+            return translator(texts, "translate")
 
-        run.output_names = translator.output_names
+        run.output_names = translator.output_names("translate")
         run.target_tokenizer = translator.target_tokenizer
         return run
-    version_dir = export.latest_version_dir(path)
-    signature = "serving_default"
-    if beam_width > 1:
-        exported = export.read_export_info(version_dir).get("beam_width")
-        if exported != beam_width:
-            raise ValueError(f"{version_dir!r} was exported with beam_width={exported}: use "
-                             f"--beam {exported} (or 1), or translate with the run directory.")
-        signature = "beam_search"
-    function = export.load_saved_model(version_dir).signatures[signature]
+    version_dir = saved_models.latest_version_dir(path)
+    if replace_unknown and not saved_models.read_export_info(version_dir).get("replace_unknown"):
+        raise ValueError(f"{version_dir!r} was exported without unknown-word replacement: "
+                         "export it with --replace-unknown, or translate with the run "
+                         "directory.")
+    signature, inputs = _matching_signature(version_dir, strategy)
+    function = saved_models.load_saved_model(version_dir).signatures[signature]
+    inputs = {name: tf.constant(value, function.structured_input_signature[1][name].dtype)
+              for name, value in inputs.items()}
+    results = strategy.num_results
 
     def run(texts):
-        outputs = function(text=tf.constant(list(texts), tf.string, shape=[len(texts)]))
-        return {name: value.numpy() for name, value in outputs.items()}
+        outputs = function(text=tf.constant(list(texts), tf.string, shape=[len(texts)]),
+                           **inputs)
+        return {name: value.numpy()[:, :results] if name in LIST_OUTPUT_NAMES
+                else value.numpy() for name, value in outputs.items()}
 
     run.output_names = tuple(function.structured_outputs)
-    run.target_tokenizer = export.load_exported_tokenizer(version_dir, "target")
+    run.target_tokenizer = saved_models.load_exported_tokenizer(version_dir, "target")
     return run
+
+
+def _matching_signature(version_dir, strategy):
+    """The exported signature that decodes as `strategy`, and the inputs to give it."""
+    exported = saved_models.exported_strategies(version_dir)
+    mine = strategy.get_config()
+    inputs = {name: mine[name] for name in strategy.request_inputs()}
+    def fixed(config):  # what the export fixed: all but request inputs and the count
+        return {key: value for key, value in config.items()
+                if key not in inputs and key != "num_results"}
+
+    for signature, (name, options) in exported.items():
+        if name != strategy.name:
+            continue
+        theirs = get_strategy(name, **options)
+        if (fixed(theirs.get_config()) == fixed(mine)
+                and strategy.num_results <= theirs.num_results):
+            return signature, inputs
+    listed = "; ".join(f"{signature}: {name} {options}"
+                       for signature, (name, options) in exported.items())
+    raise ValueError(f"{version_dir!r} has no signature decoding as {strategy!r} (it has "
+                     f"{listed}): use those options, or translate with the run directory.")

@@ -115,13 +115,15 @@ def run_combination(combo, directory):
     Translator's greedy and beam outputs, from the weights as the export stores them."""
     import tensorflow as tf
 
+    from keras_s2s_attn.decoding import BeamSearch, GreedySearch
     from keras_s2s_attn.export import export_saved_model
     from keras_s2s_attn.translation import Translator
     from tests.reference import stored_like_the_export
 
     model, source_tokenizer, target_tokenizer = train_combination(combo)
-    options = {"beam_width": BEAM_WIDTH, "max_source_length": MAX_SOURCE_LENGTH,
-               "length_penalty_weight": LENGTH_PENALTY, "coverage_penalty_weight": 0.0}
+    strategies = {"serving_default": GreedySearch(),
+                  "beam_search": BeamSearch(BEAM_WIDTH, LENGTH_PENALTY, 0.0, num_results=1)}
+    options = {"strategies": strategies, "max_source_length": MAX_SOURCE_LENGTH}
     path = export_saved_model(model, os.path.join(directory, "model"), warmup_texts=TEXTS[:2],
                               source_tokenizer=source_tokenizer,
                               target_tokenizer=target_tokenizer,
@@ -135,7 +137,7 @@ def run_combination(combo, directory):
     try:
         result = {"export": path,
                   "serving_default": as_json(translator(TEXTS)),
-                  "beam_search": as_json(translator(TEXTS, beam=True))}
+                  "beam_search": as_json(translator(TEXTS, "beam_search"))}
     finally:
         tf.config.run_functions_eagerly(False)
     with open(os.path.join(directory, "python.json"), "w") as handle:

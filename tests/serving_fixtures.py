@@ -132,3 +132,17 @@ class ServeProcess:
     def __exit__(self, *exc):
         if self.process.poll() is None:
             self.stop()
+
+
+def export_strategies(beam_width=3, num_samples=3, seed=5):
+    """The strategies the tests export: a narrow beam without length penalty (so its
+    n-best list is in the order of its scores), and sampling with a fixed seed (so a fresh
+    process, the server and Python draw the same samples)."""
+    from keras_s2s_attn.options import BeamOptions, SamplingOptions
+    from keras_s2s_attn.translation import default_strategies
+
+    return default_strategies(BeamOptions(beam_width=beam_width, length_penalty_weight=0.0),
+                              SamplingOptions(num_samples=num_samples, seed=seed))
+
+
+SIGNATURES = ("serving_default", "beam_search", "sample")

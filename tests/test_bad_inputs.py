@@ -17,7 +17,7 @@ import pytest
 
 from keras_s2s_attn import cli, export
 from keras_s2s_attn.data import MAX_LINE_BYTES, MalformedRowError, read_pairs
-from tests.serving_fixtures import ServeProcess, write_pairs
+from tests.serving_fixtures import ServeProcess, export_strategies, write_pairs
 
 MODEL = "bad_inputs"
 PREDICT = f"/v1/models/{MODEL}:predict"
@@ -73,13 +73,22 @@ REST = [
     ("an unknown version", "POST", f"/v1/models/{MODEL}/versions/7:predict",
      body({"instances": ["a"]}), {}, 404, f"Specific({MODEL}, 7)"),
     ("GET on :predict", "GET", PREDICT, None, {}, 405, "Method Not Allowed"),
+    ("sampling with top_p 2", "POST", PREDICT,
+     body({"signature_name": "sample", "inputs": {"text": ["a"], "top_p": 2.0}}), {}, 400,
+     "top_p must be in (0, 1]"),
+    ("sampling with a text temperature", "POST", PREDICT,
+     body({"signature_name": "sample", "inputs": {"text": ["a"], "temperature": "hot"}}), {},
+     400, "'temperature' must be a number"),
+    ("an input the signature lacks", "POST", PREDICT,
+     body({"inputs": {"text": ["a"], "beam_width": 8}}), {}, 400,
+     "not among the inputs of 'serving_default'"),
 ]
 
 
 @pytest.fixture(scope="module")
 def server(tiny_run, tmp_path_factory):
     base = tmp_path_factory.mktemp("bad_inputs") / MODEL
-    export.export_saved_model(tiny_run, base, beam_width=2)
+    export.export_saved_model(tiny_run, base, strategies=export_strategies(beam_width=2))
     with ServeProcess(base, *LIMITS) as process:
         yield process
 
@@ -129,7 +138,15 @@ def cli_cases(model, run, pairs, files, tmp_path):
          "holds no lines"),
         ("translate: no text", ["translate", model], "at least one TEXT"),
         ("translate: --beam other than exported", ["translate", model, "abc", "--beam", "3"],
-         "beam_width=2"),
+         "'beam_width': 2"),
+        ("translate: --sample with --beam 4", ["translate", model, "abc", "--sample", "--beam",
+                                               "4"], "belong to another strategy"),
+        ("translate: --top-p 0", ["translate", run, "abc", "--top-p", "0"],
+         "`top_p` must be in (0, 1]"),
+        ("translate: --replace-unknown on an export without it",
+         ["translate", model, "abc", "--replace-unknown"], "exported without unknown-word"),
+        ("export: unknown --strategies", ["export", run, "--name", "x", "--strategies",
+                                          "greedy,bogus"], "unknown strategy bogus"),
         ("translate: --batch-size 0", ["translate", model, "abc", "--batch-size", "0"],
          "must be a positive integer"),
         ("evaluate: unknown metric", ["evaluate", model, pairs, "--metrics", "bogus"],
@@ -163,7 +180,7 @@ def cli_cases(model, run, pairs, files, tmp_path):
 
 def test_command_line_refuses_each_bad_input_in_one_line(tiny_run, tmp_path, capfd):
     model = str(tmp_path / "saved" / MODEL)
-    export.export_saved_model(tiny_run, model, beam_width=2)
+    export.export_saved_model(tiny_run, model, strategies=export_strategies(beam_width=2))
     pairs = write_pairs(tmp_path / "pairs.tsv", n=50)
     cases = cli_cases(model, tiny_run, pairs, bad_files(tmp_path), tmp_path)
     for what, argv, words in cases:

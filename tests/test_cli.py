@@ -12,6 +12,7 @@ from PIL import Image
 from keras_s2s_attn import export
 from keras_s2s_attn.cli import MAX_PLOTTED_MAPS
 from keras_s2s_attn.plotting import figure_inches
+from tests.serving_fixtures import export_strategies
 
 
 def user_env():
@@ -27,7 +28,7 @@ def s2s(*args):
 @pytest.fixture(scope="module")
 def model(tiny_run, tmp_path_factory):
     base = tmp_path_factory.mktemp("cli") / "reverser"
-    export.export_saved_model(tiny_run, base, beam_width=2)
+    export.export_saved_model(tiny_run, base, strategies=export_strategies(beam_width=2))
     return str(base)
 
 

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from keras_s2s_attn import build_seq2seq_model
-from keras_s2s_attn.decoding import Decoder, EnsembleDecoder
+from keras_s2s_attn.decoding import Decoder, EnsembleStepper, Stepper
 from keras_s2s_attn.special_ids import END_ID, PAD_ID, START_ID
 
 
@@ -115,7 +115,8 @@ def test_beam_scores_at_least_greedy_on_a_trained_model(reversal_model):
     sources = inputs["source_ids"][:200]
     decoder = Decoder(model)
     greedy = decoder.greedy(sources, max_output_length=30)["scores"].numpy()
-    beam = decoder.beam_search(sources, beam_width=5, max_output_length=30)["scores"].numpy()
+    beam = decoder.beam_search(sources, beam_width=5, max_output_length=30,
+                               length_penalty_weight=0.0, num_results=1)["scores"].numpy()
     assert np.all(beam >= greedy - 1e-4), (beam - greedy).min()
 
     # A noisier copy of the model makes real search errors: the beam fixes many
@@ -123,7 +124,8 @@ def test_beam_scores_at_least_greedy_on_a_trained_model(reversal_model):
     # greedy prefix can fall out of the beam), so that part is a rate.
     weak = Decoder(untrained_reversal_like(model)[0])
     greedy = weak.greedy(sources, max_output_length=30)["scores"].numpy()
-    beam = weak.beam_search(sources, beam_width=5, max_output_length=30)["scores"].numpy()
+    beam = weak.beam_search(sources, beam_width=5, max_output_length=30,
+                            length_penalty_weight=0.0, num_results=1)["scores"].numpy()
     assert beam.mean() >= greedy.mean() + 0.3, (beam.mean(), greedy.mean())
     assert np.mean(beam > greedy + 1e-4) >= 0.3
     assert np.mean(beam >= greedy - 1e-4) >= 0.97
@@ -171,7 +173,7 @@ def test_beam_ranking_is_finite_when_real_positions_get_no_attention(coverage_pe
     model = untrained(attention="general", window=1, window_mode="local-m")
     sources = np.array([[4, 5, 6, 7, 8, 9, 10, 11]], np.int32)
     result = Decoder(model).beam_search(sources, beam_width=3, num_results=3,
-                                        max_output_length=2,
+                                        max_output_length=2, length_penalty_weight=0.0,
                                         coverage_penalty_weight=coverage_penalty_weight)
     ranking = result["ranking_scores"].numpy()
     assert np.isfinite(ranking).all() and np.isfinite(result["scores"].numpy()).all()
@@ -234,7 +236,7 @@ def test_ensemble_greedy_follows_the_mean_probability():
     second = build_seq2seq_model(12, 12, embedding_dim=8, units=16, dropout=0.0,
                                  attention="general", style="luong", cell_type="lstm")
     models = [first, second]
-    ensemble = EnsembleDecoder(models)
+    ensemble = Decoder(models)
     result = ensemble.greedy(SOURCES, max_output_length=7)
     ids, scores = numpy_ensemble_greedy(models, SOURCES, 7)
     np.testing.assert_array_equal(result["ids"], ids)
@@ -256,7 +258,7 @@ def test_ensemble_of_one_model_twice_equals_the_model(reversal_model):
     sources = inputs["source_ids"][:32]
     single = Decoder(model).beam_search(sources, beam_width=3, max_output_length=30,
                                         length_penalty_weight=0.6)
-    double = EnsembleDecoder([model, model]).beam_search(
+    double = Decoder([model, model]).beam_search(
         sources, beam_width=3, max_output_length=30, length_penalty_weight=0.6)
     np.testing.assert_array_equal(single["ids"], double["ids"])
     np.testing.assert_allclose(single["scores"], double["scores"], atol=1e-4)
@@ -265,6 +267,6 @@ def test_ensemble_of_one_model_twice_equals_the_model(reversal_model):
 
 def test_ensemble_needs_shared_vocabularies_and_two_models():
     with pytest.raises(ValueError, match="share their vocabularies"):
-        EnsembleDecoder([untrained(), build_seq2seq_model(13, 12, units=8, embedding_dim=4)])
+        Decoder([untrained(), build_seq2seq_model(13, 12, units=8, embedding_dim=4)])
     with pytest.raises(ValueError, match="at least 2"):
-        EnsembleDecoder([untrained()])
+        EnsembleStepper([Stepper(untrained())])

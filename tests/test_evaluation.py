@@ -74,3 +74,15 @@ def test_bad_arguments():
         evaluate_texts(["a"], [[]])
     with pytest.raises(ValueError, match="no hypotheses"):
         evaluate_texts([], [])
+
+
+def test_oracle_wer_counts_a_word_right_if_any_of_its_top_k_matches():
+    from keras_s2s_attn.evaluation import oracle_error_rates
+
+    n_best = [["A B", "A C", "X", "Y"], ["Z", "Q", "R", "B  B"], ["P", "P", "P", "P"]]
+    references = [["A  C"], ["B B", "W"], ["O"]]
+    assert oracle_error_rates(n_best, references) == {
+        "oracle_wer@1": 1.0, "oracle_wer@2": 2 / 3, "oracle_wer@4": 1 / 3}
+    assert oracle_error_rates(n_best, references, ks=[3]) == {"oracle_wer@3": 2 / 3}
+    with pytest.raises(ValueError, match="from 1 to the hypotheses per source"):
+        oracle_error_rates(n_best, references, ks=[5])

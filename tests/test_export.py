@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_s2s_attn import export
+from keras_s2s_attn import export, quantization, saved_models
+from keras_s2s_attn.runs import load_run
 from keras_s2s_attn.text import make_tokenizer
-from keras_s2s_attn.training import load_run
 from keras_s2s_attn.translation import OUTPUT_NAMES, Translator
 from tests.reference import stored_like_the_export
-from tests.serving_fixtures import INVALID_UTF8, MIXED_TEXTS
+from tests.serving_fixtures import INVALID_UTF8, MIXED_TEXTS, SIGNATURES, export_strategies
 
 TEXTS = MIXED_TEXTS[:63] + [INVALID_UTF8]  # 64 mixed-length inputs, bad ones included
 
@@ -26,15 +26,25 @@ def env():
     return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
 
 
-def run_in_fresh_python(version_dir, signature, texts, extra_import=""):
-    """Loads the SavedModel in a new interpreter that imports only TensorFlow."""
+def run_in_fresh_python(version_dir, signature, texts, extra_import="", inputs=None):
+    """Loads the SavedModel in a new interpreter that imports only TensorFlow.
+
+    The signature's scalar inputs (sampling's) are `inputs`, else the export's defaults.
+    """
+    if inputs is None:
+        info = saved_models.read_export_info(version_dir)
+        inputs = info.get("signatures", {}).get(signature, {}).get("inputs", {})
     script = textwrap.dedent(f"""
         import json, sys
         import tensorflow as tf
         {extra_import}
         texts = [bytes.fromhex(h) for h in json.load(sys.stdin)]
         model = tf.saved_model.load({version_dir!r})
-        out = model.signatures[{signature!r}](text=tf.constant(texts, tf.string))
+        function = model.signatures[{signature!r}]
+        specs = function.structured_input_signature[1]
+        inputs = {{name: tf.constant(value, specs[name].dtype)
+                  for name, value in {inputs!r}.items()}}
+        out = function(text=tf.constant(texts, tf.string), **inputs)
         assert not any(name.startswith("keras_s2s_attn") for name in sys.modules)
         print(json.dumps({{"tf_text": "tensorflow_text" in sys.modules, "outputs": {{
             k: (v.numpy().astype(str).tolist() if v.dtype == tf.string else v.numpy().tolist())
@@ -52,7 +62,11 @@ def as_bytes(texts):
 
 def assert_same(fresh, local):
     outputs = fresh["outputs"]
-    assert sorted(outputs) == sorted(OUTPUT_NAMES)
+    assert sorted(outputs) == sorted(local)
+    if "translations" in local:  # beam and sampling: every result, best first
+        assert outputs["translations"] == local["translations"].astype(str).tolist()
+        np.testing.assert_allclose(outputs["scores"], local["scores"], atol=1e-4)
+        assert np.all(np.diff(outputs["scores"], axis=1) <= 1e-5)
     assert outputs["translation"] == local["translation"].astype(str).tolist()
     assert outputs["source_tokens"] == local["source_tokens"].astype(str).tolist()
     assert outputs["target_tokens"] == local["target_tokens"].astype(str).tolist()
@@ -65,7 +79,7 @@ def assert_same(fresh, local):
 @pytest.fixture(scope="module")
 def exported(tiny_run, tmp_path_factory):
     base = tmp_path_factory.mktemp("saved_models") / "reverser"
-    path = export.export_saved_model(tiny_run, base, beam_width=3)
+    path = export.export_saved_model(tiny_run, base, strategies=export_strategies())
     return str(base), path
 
 
@@ -81,14 +95,21 @@ def test_layout_assets_and_warmup_requests(exported, tiny_run):
     assert contents == {"\n".join(source.vocabulary) + "\n", "\n".join(target.vocabulary) + "\n"}
     from tensorflow_serving.apis import prediction_log_pb2
 
-    records = list(tf.data.TFRecordDataset(os.path.join(path, export.WARMUP_FILE)))
+    records = list(tf.data.TFRecordDataset(os.path.join(path, saved_models.WARMUP_FILE)))
     logs = [prediction_log_pb2.PredictionLog.FromString(r.numpy()) for r in records]
-    assert [log.predict_log.request.model_spec.signature_name for log in logs] == [
-        "serving_default", "beam_search"]
+    assert [log.predict_log.request.model_spec.signature_name for log in logs] == list(
+        SIGNATURES)
     assert all(log.predict_log.request.model_spec.name == "reverser" for log in logs)
     texts = tf.make_ndarray(logs[0].predict_log.request.inputs["text"])
     assert len(texts) == 4 and all(len(t) > 0 for t in texts)
-    assert export.read_export_info(path)["beam_width"] == 3
+    sample = logs[2].predict_log.request.inputs  # the scalar inputs, at their defaults
+    assert {name: tf.make_ndarray(sample[name]).item() for name in sample if name != "text"} == {
+        "temperature": 1.0, "top_k": 0, "top_p": 1.0, "seed": 5}
+    info = saved_models.read_export_info(path)
+    assert list(info["signatures"]) == list(SIGNATURES)
+    assert info["signatures"]["beam_search"]["strategy"] == "beam"
+    assert info["signatures"]["beam_search"]["options"]["beam_width"] == 3
+    assert info["signatures"]["sample"]["inputs"]["seed"] == 5
 
 
 def test_each_weight_is_saved_once(exported, tiny_run):
@@ -108,11 +129,11 @@ def test_int4_packing_round_trips_through_the_graph():
     for shape in [(70, 5), (64, 9), (2, 32, 3)]:
         weight = rng.normal(size=shape).astype(np.float32)
         weight[:, 0] = 0  # an all-zero column keeps a usable scale
-        packed, scales = export.quantize_int4(weight.reshape(-1, shape[-1]))
+        packed, scales = quantization.quantize_int4(weight.reshape(-1, shape[-1]))
         rows = int(np.prod(shape[:-1]))
         assert packed.dtype == np.uint8 and packed.shape == (-(-rows // 32) * 16, shape[-1])
         assert scales.dtype == np.float16 and scales.shape == (-(-rows // 32), shape[-1])
-        unpacked = export.dequantize_int4(tf.constant(packed), tf.constant(scales), shape)
+        unpacked = quantization.dequantize_int4(tf.constant(packed), tf.constant(scales), shape)
         np.testing.assert_array_equal(unpacked.numpy(), stored_like_the_export(weight, "int4"))
         assert np.abs(unpacked.numpy() - weight).max() <= np.abs(weight).max() / 14 * 1.01
 
@@ -120,7 +141,7 @@ def test_int4_packing_round_trips_through_the_graph():
 @pytest.mark.parametrize("dtype, share", [("float16", 0.55), ("int8", 0.35), ("int4", 0.3)])
 def test_small_weights_shrink_the_variables_and_compute_like_the_rounded_model(
         exported, tiny_run, tmp_path, dtype, share):
-    path = export.export_saved_model(tiny_run, tmp_path / dtype, beam_width=3,
+    path = export.export_saved_model(tiny_run, tmp_path / dtype, strategies=export_strategies(),
                                      weights_dtype=dtype)
     reader = tf.train.load_checkpoint(os.path.join(path, "variables", "variables"))
     dtypes = reader.get_variable_to_dtype_map()
@@ -156,11 +177,12 @@ def test_small_weights_shrink_the_variables_and_compute_like_the_rounded_model(
     # The graph computes in float32 from the stored weights: exactly what the
     # Python model does once its weights are rounded the same way.
     model.set_weights([stored_like_the_export(w, dtype) for w in weights])
-    translator = Translator(model, source_tokenizer, target_tokenizer, beam_width=3,
+    translator = Translator(model, source_tokenizer, target_tokenizer,
+                            strategies=export_strategies(),
                             max_source_length=config["max_source_length"])
-    for signature, beam in (("serving_default", False), ("beam_search", True)):
+    for signature in SIGNATURES:
         assert_same(run_in_fresh_python(path, signature, as_bytes(TEXTS)),
-                    translator(TEXTS, beam=beam))
+                    translator(TEXTS, signature))
 
 
 def test_unknown_weights_dtype_is_refused(tiny_run, tmp_path):
@@ -169,14 +191,23 @@ def test_unknown_weights_dtype_is_refused(tiny_run, tmp_path):
     assert not os.path.exists(tmp_path / "bad")
 
 
-def test_fresh_process_equals_python_greedy_and_beam(exported, tiny_run):
+def test_fresh_process_equals_python_greedy_beam_and_sample(exported, tiny_run):
     _, path = exported
-    translator = Translator.from_run(tiny_run, beam_width=3)
-    for signature, beam in (("serving_default", False), ("beam_search", True)):
+    translator = Translator.from_run(tiny_run, strategies=export_strategies())
+    for signature in reversed(SIGNATURES):  # serving_default last: checked below
         fresh = run_in_fresh_python(path, signature, as_bytes(TEXTS))
         assert fresh["tf_text"] is False  # a core-ops-only graph
-        local = translator(TEXTS, beam=beam)
+        local = translator(TEXTS, signature)
         assert_same(fresh, local)
+        if signature == "beam_search":  # the n-best list: K = the width, the best first
+            assert np.shape(fresh["outputs"]["translations"]) == (len(TEXTS), 3)
+            assert fresh["outputs"]["translation"] == [
+                row[0] for row in fresh["outputs"]["translations"]]
+    # Request inputs override the export's defaults: another seed, other samples.
+    reseeded = run_in_fresh_python(path, "sample", as_bytes(TEXTS[:8]),
+                                   inputs={"temperature": 2.0, "top_k": 0, "top_p": 1.0,
+                                           "seed": 6})
+    assert_same(reseeded, translator(TEXTS[:8], "sample", temperature=2.0, seed=6))
     # The model really translates, and bad inputs give sensible rows.
     outputs = fresh["outputs"]
     assert outputs["translation"][0] == "CBA" and outputs["translation"][1] == "ABCDEFGH"
@@ -193,12 +224,22 @@ def test_fresh_process_equals_python_greedy_and_beam(exported, tiny_run):
     assert outputs["unknown_tokens"][6] == 1  # "abc\u00e9": é is not in the vocabulary
 
 
-def test_empty_batch(exported):
+def test_empty_batch(exported, tiny_run):
     _, path = exported
-    model = export.load_saved_model(path)
-    outputs = model.signatures["serving_default"](text=tf.constant([], tf.string))
-    assert outputs["translation"].shape == (0,)
-    assert outputs["attention"].shape[0] == 0
+    model = saved_models.load_saved_model(path)
+    translator = Translator.from_run(tiny_run, strategies=export_strategies())
+    for signature in SIGNATURES:
+        inputs = {"seed": tf.constant(1)} if signature == "sample" else {}
+        if signature == "sample":
+            inputs.update(temperature=tf.constant(1.0), top_k=tf.constant(0),
+                          top_p=tf.constant(1.0))
+        outputs = model.signatures[signature](text=tf.constant([], tf.string), **inputs)
+        local = translator([], signature)
+        assert sorted(outputs) == sorted(local)
+        for name, value in outputs.items():
+            assert value.shape[0] == 0 and local[name].shape[0] == 0, name
+        if signature != "serving_default":
+            assert outputs["translations"].shape == (0, 3) == local["translations"].shape
 
 
 def test_nfkc_and_lower_casing_run_in_the_graph_with_tensorflow_text_only(tiny_run, tmp_path):
@@ -215,7 +256,7 @@ def test_nfkc_and_lower_casing_run_in_the_graph_with_tensorflow_text_only(tiny_r
     assert fresh["outputs"]["translation"][:4] == ["CBA"] * 4
     assert fresh["outputs"]["unknown_tokens"][:4] == [0] * 4
     # The export records its tokenizers for tools that need the model's units.
-    saved = export.load_exported_tokenizer(path, "source")
+    saved = saved_models.load_exported_tokenizer(path, "source")
     assert saved.get_config() == nfkc_source.get_config()
     assert saved.vocabulary == nfkc_source.vocabulary
 
@@ -225,7 +266,7 @@ def test_saved_model_cli_show_and_run(exported):
     show = subprocess.run(["saved_model_cli", "show", "--dir", path, "--all"],
                           capture_output=True, text=True, env=env(), timeout=300)
     assert show.returncode == 0, show.stderr[-2000:]
-    for name in ("serving_default", "beam_search", "text", *OUTPUT_NAMES):
+    for name in (*SIGNATURES, "text", "temperature", "top_p", *OUTPUT_NAMES, "translations"):
         assert name in show.stdout
     run = subprocess.run(
         ["saved_model_cli", "run", "--dir", path, "--tag_set", "serve", "--signature_def",
@@ -240,7 +281,7 @@ def test_versions_count_up_and_never_overwrite(tiny_run, tmp_path):
     assert export.export_saved_model(tiny_run, base).endswith(os.sep + "1")
     assert export.export_saved_model(tiny_run, base).endswith(os.sep + "2")
     assert export.export_saved_model(tiny_run, base, version=10).endswith(os.sep + "10")
-    assert export.versions(base) == [1, 2, 10]
+    assert saved_models.versions(base) == [1, 2, 10]
     with pytest.raises(FileExistsError, match="10"):
         export.export_saved_model(tiny_run, base, version=10)
     with pytest.raises(ValueError, match="version"):
@@ -266,7 +307,7 @@ def test_killed_export_leaves_no_version_behind(tiny_run, tmp_path):
     assert process.poll() is None, "the export finished before it could be killed"
     process.send_signal(signal.SIGKILL)
     process.wait()
-    assert export.versions(base) == []  # TF Serving sees no version at all
+    assert saved_models.versions(base) == []  # TF Serving sees no version at all
     # The next export clears the dead process's leftovers and writes version 1.
     assert export.export_saved_model(tiny_run, base).endswith(os.sep + "1")
     assert os.listdir(base) == ["1"]
@@ -289,7 +330,11 @@ def test_cli_export_and_translate(tiny_run, tmp_path):
     assert s2s("translate", tiny_run, "abc", "--beam", "5").split() == ["CBA"]
     wrong = subprocess.run(["s2s-attn", "translate", str(tmp_path / "rev"), "abc", "--beam", "3"],
                            capture_output=True, text=True, env=env(), timeout=300)
-    assert wrong.returncode == 2 and "beam_width=2" in wrong.stderr
+    assert wrong.returncode == 2 and "'beam_width': 2" in wrong.stderr
+    n_best = s2s("translate", str(tmp_path / "rev"), "abc", "dd", "--beam", "2", "--n-best", "2")
+    rows = [line.split("\t") for line in n_best.splitlines()]
+    assert [row[0] for row in rows][::2] == ["CBA", "DD"] and len(rows) == 4
+    assert float(rows[0][1]) >= float(rows[1][1]) and float(rows[2][1]) >= float(rows[3][1])
 
     # --input: one translation per line, in order, across batches; empty lines kept.
     lines = tmp_path / "words.txt"
@@ -331,6 +376,28 @@ def test_cli_evaluate_json_and_table(tiny_run, tmp_path):
     assert json.loads(single.stdout)["wer"] == pytest.approx(2 / 3)  # only column 1 counts
 
 
+def test_cli_evaluate_reports_oracle_wer_of_the_n_best(tiny_run, tmp_path):
+    from keras_s2s_attn.decoding import BeamSearch
+
+    pairs = tmp_path / "test.tsv"
+    sources = ["abc", "hgf", "ddc", "ab", "fedcb", "gg"]
+    translator = Translator.from_run(tiny_run, strategies={"beam": BeamSearch(3)})
+    n_best = translator(sources, "beam")["translations"].astype(str)
+    # References: the best for two words, the third-best for two, none of the three for two.
+    references = [n_best[0, 0], n_best[1, 0], n_best[2, 2], n_best[3, 2], "XYZ", "QQ"]
+    pairs.write_text("".join(f"{s}\t{r}\n" for s, r in zip(sources, references)),
+                     encoding="utf-8")
+    result = subprocess.run(["s2s-attn", "evaluate", tiny_run, str(pairs), "--metrics", "wer",
+                             "--beam", "3", "--n-best", "3"],
+                            capture_output=True, text=True, env=env(), timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    scores = json.loads(result.stdout)
+    assert scores["wer"] == pytest.approx(4 / 6) and scores["oracle_wer@1"] == scores["wer"]
+    assert scores["oracle_wer@2"] == pytest.approx(4 / 6)
+    assert scores["oracle_wer@3"] == pytest.approx(2 / 6)
+    assert "oracle_wer@3  33.33%" in result.stderr
+
+
 def perturbed_copy(run_dir, destination, seed):
     """A second run with the same tokenizers and a different model (noised weights)."""
     shutil.copytree(run_dir, destination)
@@ -349,10 +416,11 @@ def test_ensemble_export_equals_python_ensemble(tiny_run, tmp_path):
                             capture_output=True, text=True, env=env(), timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     path = result.stdout.strip().splitlines()[-1]
-    assert export.read_export_info(path)["ensemble_size"] == 2
-    translator = Translator.from_run([tiny_run, other], beam_width=3)
-    for signature, beam in (("serving_default", False), ("beam_search", True)):
-        local = translator(TEXTS, beam=beam)
+    assert saved_models.read_export_info(path)["ensemble_size"] == 2
+    translator = Translator.from_run([tiny_run, other], strategies=export_strategies(
+        num_samples=1, seed=-1))
+    for signature in SIGNATURES[:2]:
+        local = translator(TEXTS, signature)
         assert_same(run_in_fresh_python(path, signature, as_bytes(TEXTS)), local)
     # Neither member alone scores like the ensemble.
     ensemble_scores = translator(TEXTS)["score"]

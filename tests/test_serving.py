@@ -18,11 +18,11 @@ import pytest
 import tensorflow as tf
 from aiohttp import web
 
-from keras_s2s_attn import export
+from keras_s2s_attn import export, saved_models
 from keras_s2s_attn.options import ServingOptions
 from keras_s2s_attn.serving import make_app
 from keras_s2s_attn.translation import Translator, open_translator
-from tests.serving_fixtures import INVALID_UTF8
+from tests.serving_fixtures import INVALID_UTF8, export_strategies
 
 
 class Server:
@@ -69,9 +69,9 @@ class Server:
 @pytest.fixture(scope="module")
 def served(tiny_run, tmp_path_factory):
     base = tmp_path_factory.mktemp("served") / "reverser"
-    export.export_saved_model(tiny_run, base, beam_width=3)
+    export.export_saved_model(tiny_run, base, strategies=export_strategies())
     server = Server(base, max_request_bytes=64 * 1024, max_batch_size=8)
-    yield server, base, Translator.from_run(tiny_run, beam_width=3)
+    yield server, base, Translator.from_run(tiny_run, strategies=export_strategies())
     server.close()
 
 
@@ -129,11 +129,47 @@ def test_row_and_columnar_formats_match_python(served):
     assert len(columns["outputs"]["attention"]) == 3
     status, beam = server.request(PREDICT, {"signature_name": "beam_search", "inputs": texts})
     assert status == 200
-    local_beam = translator(texts, beam=True)
+    local_beam = translator(texts, "beam_search")
     assert beam["outputs"]["translation"] == local_beam["translation"].astype(str).tolist()
     status, versioned = server.request("/v1/models/reverser/versions/1:predict",
                                        {"instances": texts})
     assert status == 200 and versioned == rows
+
+
+def assert_lists_match(rows, local):
+    """REST rows of a listing signature against Python's outputs: n-best, best first."""
+    assert [row["translations"] for row in rows] == local["translations"].astype(str).tolist()
+    np.testing.assert_allclose([row["scores"] for row in rows], local["scores"], atol=1e-3)
+    assert [row["translation"] for row in rows] == [row["translations"][0] for row in rows]
+    assert all(np.all(np.diff(row["scores"]) <= 1e-6) for row in rows)
+
+
+def test_n_best_and_samples_over_rest_equal_python(served):
+    server, _, translator = served
+    texts = ["abc", "hgfedcba", "dd", ""]
+    status, beam = server.request(PREDICT, {"signature_name": "beam_search", "instances": texts})
+    assert status == 200 and len(beam["predictions"][0]["translations"]) == 3
+    assert_lists_match(beam["predictions"], translator(texts, "beam_search"))
+    # Sampling: the export's defaults (seed 5) when a request leaves the inputs out ...
+    status, sample = server.request(PREDICT, {"signature_name": "sample", "instances": texts})
+    assert status == 200
+    assert_lists_match(sample["predictions"], translator(texts, "sample"))
+    # ... and TF Serving's columnar format sets them per request.
+    inputs = {"text": texts, "temperature": 2.0, "seed": 6, "top_k": 5}
+    status, columns = server.request(PREDICT, {"signature_name": "sample", "inputs": inputs})
+    assert status == 200
+    local = translator(texts, "sample", temperature=2.0, seed=6, top_k=5)
+    assert columns["outputs"]["translations"] == local["translations"].astype(str).tolist()
+    assert columns["outputs"]["translations"] != sample["predictions"]  # the seed counts
+    for scalars, words in (({"top_p": 2.0}, "top_p must be in (0, 1]"),
+                           ({"temperature": "hot"}, "'temperature' must be a number"),
+                           ({"seed": 2**40}, "'seed' must fit in int32"),
+                           ({"beam": 3}, "['beam'] not among the inputs of 'sample'")):
+        status, body = server.request(PREDICT, {"signature_name": "sample",
+                                                "inputs": {"text": texts, **scalars}})
+        assert status == 400 and words in body["error"], body
+    status, body = server.request(PREDICT, {"inputs": {"text": texts, "temperature": 1.0}})
+    assert status == 400 and "not among the inputs of 'serving_default'" in body["error"]
 
 
 def test_bad_inputs_get_sensible_answers(served):
@@ -379,8 +415,8 @@ def test_only_ascii_digit_names_are_versions(served, tiny_run, tmp_path):
     copy_version(base / "1", moving / "1")
     for name in ("\u00b2", "\u0663", "007", "-3", "1e3"):
         (moving / name).mkdir()
-    assert export.versions(moving) == [1]
-    assert export.latest_version_dir(moving) == str(moving / "1")
+    assert saved_models.versions(moving) == [1]
+    assert saved_models.latest_version_dir(moving) == str(moving / "1")
     assert open_translator(str(moving))(["abc"])["translation"].tolist() == [b"CBA"]
     server = Server(moving)
     try:
@@ -397,7 +433,7 @@ def rewrite_warmup(version_dir, signature):
     request = predict_pb2.PredictRequest(
         model_spec=model_pb2.ModelSpec(name="reverser", signature_name=signature))
     request.inputs["text"].CopyFrom(tf.make_tensor_proto(["abc"], dtype=tf.string))
-    with tf.io.TFRecordWriter(os.path.join(version_dir, export.WARMUP_FILE)) as writer:
+    with tf.io.TFRecordWriter(os.path.join(version_dir, saved_models.WARMUP_FILE)) as writer:
         writer.write(prediction_log_pb2.PredictionLog(
             predict_log=prediction_log_pb2.PredictLog(request=request)).SerializeToString())
 
@@ -450,13 +486,14 @@ def test_grpc_example_client_against_a_grpc_prediction_service(served):
     from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
     _, base, translator = served
-    model = export.load_saved_model(export.latest_version_dir(base))
+    model = saved_models.load_saved_model(saved_models.latest_version_dir(base))
 
     class Service(prediction_service_pb2_grpc.PredictionServiceServicer):
         def Predict(self, request, context):
             assert request.model_spec.name == "reverser"
             function = model.signatures[request.model_spec.signature_name]
-            outputs = function(text=tf.constant(tf.make_ndarray(request.inputs["text"])))
+            outputs = function(**{name: tf.constant(tf.make_ndarray(tensor))
+                                  for name, tensor in request.inputs.items()})
             response = predict_pb2.PredictResponse()
             for name, value in outputs.items():
                 response.outputs[name].CopyFrom(tf.make_tensor_proto(value.numpy()))
@@ -471,8 +508,12 @@ def test_grpc_example_client_against_a_grpc_prediction_service(served):
         outputs = client.predict(f"127.0.0.1:{port}", "reverser", ["abc", "dd"])
         assert outputs["translation"].tolist() == [b"CBA", b"DD"]
         assert outputs["attention"].shape[0] == 2
-        beam = client.predict(f"127.0.0.1:{port}", "reverser", ["abc"], "beam_search")
-        assert beam["translation"].tolist() == translator(["abc"], beam=True)[
-            "translation"].tolist()
+        local = translator(["abc", "dd"], "beam_search")
+        beam = client.predict(f"127.0.0.1:{port}", "reverser", ["abc", "dd"], "beam_search")
+        assert beam["translations"].tolist() == local["translations"].tolist()
+        inputs = {"temperature": 1.5, "top_k": 0, "top_p": 0.9, "seed": 2}
+        sample = client.predict(f"127.0.0.1:{port}", "reverser", ["abc", "dd"], "sample", inputs)
+        local = translator(["abc", "dd"], "sample", **inputs)
+        assert sample["translations"].tolist() == local["translations"].tolist()
     finally:
         server.stop(None)

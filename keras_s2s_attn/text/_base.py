@@ -403,6 +403,23 @@ class Tokenizer(tf.Module):
     def _join(self, tokens):
         return tf.strings.reduce_join(tokens, axis=-1)
 
+    def detokenize(self, tokens):
+        """Token strings back into text, as `decode` joins the tokens it looks up.
+
+        Args:
+            tokens: `tf.string` `tf.RaggedTensor` [batch, (T)].
+
+        Returns:
+            tf.string tensor [batch].
+        """
+        return self._join(tokens)
+
+    def copied_surface(self, tokens):
+        """Tokens of another tokenizer (the source side) as tokens of this one, for
+        unknown-word replacement: `detokenize` then reads them as words of the text.
+        Subword kinds set this to None: a source token is no piece of theirs."""
+        return tokens
+
     # ------------------------------------------------------------------------ save
     def save(self, directory):
         """Writes the tokenizer to `directory` (created if needed).

@@ -56,6 +56,7 @@ class WordpieceTokenizer(Tokenizer):
     """
 
     kind = "wordpiece"
+    copied_surface = None  # no unknown-word replacement: tokens are pieces of words
     _marker_is_space = True
     _unknown_surface = SPACE_MARKER + UNK_TOKEN
 
@@ -151,6 +152,7 @@ class SentencepieceTokenizer(Tokenizer):
     """
 
     kind = "sentencepiece"
+    copied_surface = None  # no unknown-word replacement: tokens are pieces of words
     _marker_is_space = True
     _extra_options: ClassVar[dict] = {"model_type": "unigram", "character_coverage": 1.0}
     _MODEL_TYPES = ("unigram", "bpe")
@@ -223,6 +225,9 @@ class SentencepieceTokenizer(Tokenizer):
 
     def _decode_ids(self, ids):
         return self._sentencepiece.detokenize(tf.cast(ids, tf.int32))
+
+    def _join(self, tokens):  # `detokenize`: pieces mark a word's start with "▁"
+        return join_words(tokens)
 
     def _save_extra(self, directory):
         with open(os.path.join(directory, SENTENCEPIECE_MODEL_FILENAME), "wb") as f:

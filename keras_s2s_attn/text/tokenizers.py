@@ -77,6 +77,10 @@ class WordTokenizer(Tokenizer):
     def _join(self, tokens):
         return join_words(tokens)
 
+    def copied_surface(self, tokens):
+        # A copied word reads as a word after a space, as an unknown one does.
+        return SPACE_MARKER + tf.strings.regex_replace(tokens, "^" + SPACE_MARKER, "")
+
 
 class SpaceTokenizer(Tokenizer):
     """Tokens are the space-separated pieces of the normalised text, nothing more.
