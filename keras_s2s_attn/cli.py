@@ -7,7 +7,7 @@ import sys
 import tempfile
 
 from keras_s2s_attn.evaluation import METRICS
-from keras_s2s_attn.options import WEIGHT_DTYPES
+from keras_s2s_attn.options import TOKENIZER_KINDS, WEIGHT_DTYPES, ModelOptions
 
 
 def _positive_int(text):
@@ -35,11 +35,18 @@ def _add_option_flags(parser, options_class, flags=None, given_only=False):
     from keras_s2s_attn.options import flag_name
 
     for field in dataclasses.fields(options_class):
-        default = "" if field.default is None else f" (default: {field.default})"
         names = (flags or {}).get(field.name, (flag_name(field),))
-        parser.add_argument(*names, dest=field.name, type=field.type,
-                            default=None if given_only else field.default,
-                            help=field.metadata["help"] + default)
+        default = None if given_only else field.default
+        if field.type is bool:  # a switch away from the default
+            parser.add_argument(*names, dest=field.name, action="store_const",
+                                const=not field.default, default=default,
+                                help=field.metadata["help"])
+            continue
+        shown = "" if field.default is None else f" (default: {field.default})"
+        parser.add_argument(*names, dest=field.name, default=default,
+                            type=_positive_int if field.type is int else field.type,
+                            choices=field.metadata.get("choices"),
+                            help=field.metadata["help"] + shown)
 
 
 def _options(args, options_class):
@@ -62,9 +69,12 @@ def _add_train(subparsers):
     parser.add_argument("--valid", help="validation pairs; default: a deterministic ~5%% slice "
                                         "of --train")
     parser.add_argument("--out", required=True, help="run directory, e.g. runs/NAME")
-    parser.add_argument("--tokenizer", default="char", help="tokenizer kind for both sides")
-    parser.add_argument("--source-tokenizer", help="tokenizer kind for the source side")
-    parser.add_argument("--target-tokenizer", help="tokenizer kind for the target side")
+    parser.add_argument("--tokenizer", default="char", choices=TOKENIZER_KINDS,
+                        help="tokenizer kind for both sides (default: char)")
+    parser.add_argument("--source-tokenizer", choices=TOKENIZER_KINDS,
+                        help="tokenizer kind for the source side")
+    parser.add_argument("--target-tokenizer", choices=TOKENIZER_KINDS,
+                        help="tokenizer kind for the target side")
     parser.add_argument("--lower", action="store_true", help="lower-case text")
     parser.add_argument("--no-normalize", action="store_true",
                         help="skip Unicode NFKC normalisation")
@@ -76,24 +86,10 @@ def _add_train(subparsers):
     parser.add_argument("--batch-size", type=_positive_int, default=64)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--label-smoothing", type=float, default=0.0)
-    parser.add_argument("--embedding-dim", type=_positive_int, default=256)
-    parser.add_argument("--units", type=_positive_int, default=256)
-    parser.add_argument("--layers", type=_positive_int, default=1,
-                        help="encoder and decoder layers")
-    parser.add_argument("--encoder-layers", type=_positive_int,
-                        help="bidirectional encoder layers (default: --layers)")
-    parser.add_argument("--decoder-layers", type=_positive_int,
-                        help="stacked decoder layers (default: --layers)")
-    parser.add_argument("--cell", default="gru", choices=["gru", "lstm"])
-    parser.add_argument("--attention", default="additive",
-                        help="additive, dot, general, concat, scaled_dot, location, or none")
-    parser.add_argument("--style", default="bahdanau", choices=["bahdanau", "luong"])
-    parser.add_argument("--no-input-feeding", action="store_true")
-    parser.add_argument("--window", type=_positive_int, help="local attention half-width D")
-    parser.add_argument("--window-mode", default="local-p", choices=["local-m", "local-p"])
-    parser.add_argument("--normalize-attention", action="store_true",
-                        help="weight-normalise the additive score (--attention additive)")
-    parser.add_argument("--dropout", type=float, default=0.1)
+    model = parser.add_argument_group("model")
+    model.add_argument("--layers", type=_positive_int,
+                       help="encoder and decoder layers (default: 1)")
+    _add_option_flags(model, ModelOptions, given_only=True)
     parser.add_argument("--max-source-length", type=_positive_int)
     parser.add_argument("--max-target-length", type=_positive_int)
     parser.add_argument("--on-bad-row", default="error", choices=["error", "skip"],
@@ -139,14 +135,7 @@ def _train(args):
                 max_vocab_size=args.max_vocab_size, min_count=args.min_count,
                 epochs=args.epochs, batch_size=args.batch_size,
                 learning_rate=args.learning_rate, label_smoothing=args.label_smoothing,
-                embedding_dim=args.embedding_dim, units=args.units,
-                encoder_layers=args.encoder_layers or args.layers,
-                decoder_layers=args.decoder_layers or args.layers, cell_type=args.cell,
-                attention=None if args.attention == "none" else args.attention,
-                style=args.style, input_feeding=not args.no_input_feeding,
-                window=args.window, window_mode=args.window_mode,
-                normalize_attention=args.normalize_attention, dropout=args.dropout,
-                max_source_length=args.max_source_length,
+                **_model_options(args), max_source_length=args.max_source_length,
                 max_target_length=args.max_target_length, on_bad_row=args.on_bad_row,
                 source_column=args.source_column, target_column=args.target_column,
                 header=args.header or None, seed=args.seed, strategy=args.strategy,
@@ -163,6 +152,20 @@ def _train(args):
         return 130
     print(json.dumps(summary, indent=2))
     return 1 if summary["diverged"] else 0
+
+
+def _model_options(args):
+    """`train`'s model options from the flags given (`ModelOptions` holds the defaults)."""
+    import dataclasses
+
+    given = {field.name: getattr(args, field.name) for field in dataclasses.fields(ModelOptions)
+             if getattr(args, field.name) is not None}
+    for side in ("encoder_layers", "decoder_layers"):
+        if args.layers is not None:
+            given.setdefault(side, args.layers)
+    if given.get("attention") == "none":
+        given["attention"] = None
+    return given
 
 
 def _add_export(subparsers):
@@ -184,8 +187,9 @@ def _add_export(subparsers):
                         help="default: the run's, else 256")
     parser.add_argument("--max-output-length", type=_positive_int)
     parser.add_argument("--strategies", type=_strategy_list, default=None,
-                        help="comma-separated strategies to export, one signature each, from: "
-                             f"{', '.join(STRATEGY_SIGNATURES)} (default: all)")
+                        help="comma-separated strategies to export, one signature each: greedy "
+                             "(serving_default), beam (beam_search), sample (sample); default "
+                             "all")
     _add_decoding_flags(parser, given_only=True, beam_flags=("--beam-width", "--beam"))
     parser.add_argument("--weights-dtype", default="float32", choices=WEIGHT_DTYPES,
                         help="store the weights smaller: float16 (half the size), int8 "
@@ -201,11 +205,10 @@ def _export(args):
     from keras_s2s_attn.translation import default_strategies
 
     strategies = default_strategies(_options(args, BeamOptions), _options(args, SamplingOptions))
-    chosen = args.strategies or list(STRATEGY_SIGNATURES)
     options = {"max_output_length": args.max_output_length,
                "replace_unknown": args.replace_unknown,
-               "strategies": {STRATEGY_SIGNATURES[name]: strategies[STRATEGY_SIGNATURES[name]]
-                              for name in chosen}}
+               "strategies": {signature: strategy for signature, strategy in strategies.items()
+                              if args.strategies is None or strategy.name in args.strategies}}
     if args.max_source_length:
         options["max_source_length"] = args.max_source_length
     path = export_saved_model(args.run_dir, os.path.join(args.export_dir, args.name),
@@ -215,18 +218,16 @@ def _export(args):
     return 0
 
 
-# The export's signature for each built-in strategy (the registry's names).
-STRATEGY_SIGNATURES = {"greedy": "serving_default", "beam": "beam_search", "sample": "sample"}
-
-
 def _strategy_list(text):
-    """`export --strategies`: comma-separated names from the registry."""
+    """`export --strategies`: comma-separated names of built-in strategies."""
+    from keras_s2s_attn.decoding.registry import builtin_strategy_names
+
     names = [name.strip() for name in text.split(",") if name.strip()]
-    unknown = [name for name in names if name not in STRATEGY_SIGNATURES]
+    unknown = [name for name in names if name not in builtin_strategy_names()]
     if unknown or not names:
         raise argparse.ArgumentTypeError(
             f"unknown strategy {', '.join(unknown) or '(none given)'}; choose from "
-            f"{', '.join(STRATEGY_SIGNATURES)}")
+            f"{', '.join(builtin_strategy_names())}")
     return names
 
 

@@ -4,10 +4,11 @@ import keras
 from keras import ops
 
 from keras_s2s_attn.checks import rate
-from keras_s2s_attn.layers.attention import SCORES, BahdanauLuongAttention
+from keras_s2s_attn.layers.attention import BahdanauLuongAttention
 from keras_s2s_attn.layers.decoder import AttentionDecoder
 from keras_s2s_attn.layers.decoder_cell import AttentionDecoderCell
 from keras_s2s_attn.layers.encoder import Encoder, StateBridge
+from keras_s2s_attn.options import SCORES, ModelOptions
 from keras_s2s_attn.special_ids import PAD_ID
 
 # Layer names inside a model from `build_seq2seq_model`; the inference
@@ -23,19 +24,19 @@ def build_seq2seq_model(
     source_vocab_size,
     target_vocab_size,
     *,
-    embedding_dim=256,
-    units=256,
-    encoder_layers=1,
-    decoder_layers=1,
-    cell_type="gru",
-    attention="additive",
-    style="bahdanau",
-    input_feeding=True,
-    window=None,
-    window_mode="local-p",
+    embedding_dim=ModelOptions.embedding_dim,
+    units=ModelOptions.units,
+    encoder_layers=ModelOptions.encoder_layers,
+    decoder_layers=ModelOptions.decoder_layers,
+    cell_type=ModelOptions.cell_type,
+    attention=ModelOptions.attention,
+    style=ModelOptions.style,
+    input_feeding=ModelOptions.input_feeding,
+    window=ModelOptions.window,
+    window_mode=ModelOptions.window_mode,
     max_source_length=None,
-    normalize_attention=False,
-    dropout=0.1,
+    normalize_attention=ModelOptions.normalize_attention,
+    dropout=ModelOptions.dropout,
     name="seq2seq",
 ):
     """Builds an attention encoder-decoder as a functional `keras.Model`.

@@ -8,16 +8,62 @@ import dataclasses
 
 # How the export may store the weights (`export_saved_model(weights_dtype=...)`).
 WEIGHT_DTYPES = ("float32", "float16", "int8", "int4")
+# The names the layers and tokenizers accept: plain data, so the command line offers
+# them without importing Keras (the layers and `make_tokenizer` check against them).
+SCORES = ("dot", "general", "concat", "additive", "scaled_dot", "location")
+WINDOW_MODES = ("local-m", "local-p")
+STYLES = ("bahdanau", "luong")
+CELL_TYPES = ("gru", "lstm")
+TOKENIZER_KINDS = ("char", "word", "space", "wordpiece", "sentencepiece")
 
 
-def _help(text, flag=None):
-    """A dataclass field's command-line help, and its flag when not `--field-name`."""
-    return {"help": text, **({"flag": flag} if flag else {})}
+def _help(text, flag=None, choices=None):
+    """A dataclass field's command-line help, its flag when not `--field-name`, and the
+    values it accepts."""
+    return {"help": text, **({"flag": flag} if flag else {}),
+            **({"choices": choices} if choices else {})}
 
 
 def flag_name(field):
     """The command-line flag of a dataclass field: its own, else `--field-name`."""
     return field.metadata.get("flag") or "--" + field.name.replace("_", "-")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelOptions:
+    """The model's options and defaults: `build_seq2seq_model` and `train` take them
+    as keyword arguments, `s2s-attn train` as flags, and a run's config.json records
+    them under "model". The layers check the values."""
+
+    embedding_dim: int = dataclasses.field(
+        default=256, metadata=_help("embedding size, source and target"))
+    units: int = dataclasses.field(
+        default=256, metadata=_help("RNN units (each direction of the encoder, the decoder)"))
+    encoder_layers: int = dataclasses.field(
+        default=1, metadata=_help("bidirectional encoder layers (or --layers)"))
+    decoder_layers: int = dataclasses.field(
+        default=1, metadata=_help("stacked decoder layers (or --layers)"))
+    cell_type: str = dataclasses.field(
+        default="gru", metadata=_help("RNN cell", "--cell", CELL_TYPES))
+    attention: str = dataclasses.field(
+        default="additive",
+        metadata=_help("attention score; none for the plain encoder-decoder", None,
+                       SCORES + ("none",)))
+    style: str = dataclasses.field(
+        default="bahdanau",
+        metadata=_help("bahdanau: attend with the previous state, then step; luong: step, "
+                       "then attend", None, STYLES))
+    input_feeding: bool = dataclasses.field(
+        default=True, metadata=_help("turn off Luong's input feeding", "--no-input-feeding"))
+    window: int = dataclasses.field(
+        default=None, metadata=_help("local attention half-width D (default: global)"))
+    window_mode: str = dataclasses.field(
+        default="local-p", metadata=_help("local attention's window", None, WINDOW_MODES))
+    normalize_attention: bool = dataclasses.field(
+        default=False,
+        metadata=_help("weight-normalise the additive score (--attention additive)"))
+    dropout: float = dataclasses.field(
+        default=0.1, metadata=_help("dropout rate of the embeddings and RNN outputs"))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -29,13 +29,12 @@ import tensorflow as tf
 from keras_s2s_attn import data as data_lib
 from keras_s2s_attn.callbacks import RunCheckpoint, read_metrics, saved_epoch
 from keras_s2s_attn.checks import positive_int, rate
-from keras_s2s_attn.layers.attention import SCORES, WINDOW_MODES
-from keras_s2s_attn.layers.decoder_cell import CELL_TYPES, STYLES
 from keras_s2s_attn.models import (
     MaskedAccuracy,
     MaskedSparseCategoricalCrossentropy,
     build_seq2seq_model,
 )
+from keras_s2s_attn.options import CELL_TYPES, SCORES, STYLES, WINDOW_MODES, ModelOptions
 from keras_s2s_attn.runs import (
     BEST_MODEL,
     CONFIG_FILE,
@@ -66,9 +65,12 @@ def _strategy(name):
 def train(train_data, out, *, valid_data=None, tokenizer="char", source_tokenizer=None,
           target_tokenizer=None, lower=False, normalization="NFKC", max_vocab_size=None,
           min_count=1, epochs=None, batch_size=64, learning_rate=1e-3, label_smoothing=0.0,
-          embedding_dim=256, units=256, encoder_layers=1, decoder_layers=1, cell_type="gru",
-          attention="additive", style="bahdanau", input_feeding=True, window=None,
-          window_mode="local-p", normalize_attention=False, dropout=0.1,
+          embedding_dim=ModelOptions.embedding_dim, units=ModelOptions.units,
+          encoder_layers=ModelOptions.encoder_layers, decoder_layers=ModelOptions.decoder_layers,
+          cell_type=ModelOptions.cell_type, attention=ModelOptions.attention,
+          style=ModelOptions.style, input_feeding=ModelOptions.input_feeding,
+          window=ModelOptions.window, window_mode=ModelOptions.window_mode,
+          normalize_attention=ModelOptions.normalize_attention, dropout=ModelOptions.dropout,
           max_source_length=None, max_target_length=None,
           valid_percent=5, on_bad_row="error", source_column=0, target_column=1, header=None,
           seed=0, strategy="default", resume=False, lr_decay=True, early_stopping=None,
@@ -92,7 +94,7 @@ def train(train_data, out, *, valid_data=None, tokenizer="char", source_tokenize
         epochs: Total epochs, those already done by a resumed run included
             (default 10; a resumed run keeps its recorded total when None).
         batch_size, learning_rate, label_smoothing: Training options.
-        embedding_dim ... dropout: Passed to `build_seq2seq_model`.
+        embedding_dim ... dropout: Passed to `build_seq2seq_model` (`ModelOptions`).
         max_source_length, max_target_length: Truncation (counted, reported).
         on_bad_row, source_column, target_column, header: See `read_pairs`.
         seed: Seed for weights and shuffling.

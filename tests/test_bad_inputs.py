@@ -166,7 +166,7 @@ def cli_cases(model, run, pairs, files, tmp_path):
         ("train: no pairs file", ["train", "--train", missing, "--out", missing],
          "No pairs file"),
         ("train: unknown --attention", ["train", "--train", pairs, "--out", missing,
-                                        "--attention", "bogus"], "`attention` must be one of"),
+                                        "--attention", "bogus"], "invalid choice: 'bogus'"),
         ("train: --window with --attention none", ["train", "--train", pairs, "--out", missing,
                                                    "--attention", "none", "--window", "2"],
          "`window` cannot be used with attention=None"),

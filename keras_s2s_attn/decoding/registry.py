@@ -16,6 +16,11 @@ _BUILTIN = {
 _REGISTERED = {}
 
 
+def builtin_strategy_names():
+    """The built-in strategies' names: those `default_strategies` exports."""
+    return tuple(_BUILTIN)
+
+
 def strategy_names():
     """Every strategy name: the built-in ones, then those registered."""
     return tuple(_BUILTIN) + tuple(name for name in _REGISTERED if name not in _BUILTIN)

@@ -9,9 +9,8 @@ import keras
 from keras import ops
 
 from keras_s2s_attn.checks import positive_int, rate
+from keras_s2s_attn.options import SCORES, WINDOW_MODES
 
-SCORES = ("dot", "general", "concat", "additive", "scaled_dot", "location")
-WINDOW_MODES = ("local-m", "local-p")
 # Scores whose value is a product of query and memory; `scale=True` applies to
 # these only, as in tfa's `LuongAttention(scale=True)`.
 MULTIPLICATIVE_SCORES = ("dot", "general", "scaled_dot")

@@ -5,9 +5,7 @@ from keras import ops
 
 from keras_s2s_attn.checks import positive_int, rate
 from keras_s2s_attn.layers.attention import BahdanauLuongAttention
-
-STYLES = ("bahdanau", "luong")
-CELL_TYPES = ("gru", "lstm")
+from keras_s2s_attn.options import CELL_TYPES, STYLES
 
 
 def _flat_sizes(state_size):

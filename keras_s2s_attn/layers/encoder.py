@@ -4,7 +4,7 @@ import keras
 from keras import ops
 
 from keras_s2s_attn.checks import positive_int, rate
-from keras_s2s_attn.layers.decoder_cell import CELL_TYPES
+from keras_s2s_attn.options import CELL_TYPES
 
 
 @keras.saving.register_keras_serializable(package="keras_s2s_attn")

@@ -8,6 +8,7 @@ import os
 
 import tensorflow as tf
 
+from keras_s2s_attn.options import TOKENIZER_KINDS
 from keras_s2s_attn.text._base import (
     CONFIG_FILENAME,
     UNK_TOKEN,
@@ -118,7 +119,9 @@ TOKENIZER_CLASSES = {
     "wordpiece": WordpieceTokenizer,
     "sentencepiece": SentencepieceTokenizer,
 }
-TOKENIZER_KINDS = tuple(TOKENIZER_CLASSES)
+if tuple(TOKENIZER_CLASSES) != TOKENIZER_KINDS:  # options.py lists them for the CLI
+    raise ImportError(f"options.TOKENIZER_KINDS {TOKENIZER_KINDS} does not list the tokenizer "
+                      f"classes {tuple(TOKENIZER_CLASSES)}")
 
 
 def make_tokenizer(kind, **options):
