@@ -237,3 +237,59 @@ def test_unknown_tokens_are_replaced_by_the_most_attended_source_word():
     with pytest.raises(ValueError, match="char, word or space"):
         Translator(model, source, make_tokenizer("wordpiece").adapt(["le chat"] * 5),
                    replace_unknown=True)
+
+
+def test_one_result_is_the_first_of_the_n_best():
+    """num_results=1 is today's 1-best beam: the first of the same search's n-best list."""
+    decoder = Decoder(untrained())
+    one = decoder.beam_search(SOURCES, beam_width=4, num_results=1, max_output_length=9)
+    four = decoder.beam_search(SOURCES, beam_width=4, num_results=4, max_output_length=9)
+    for key in ("ids", "lengths", "scores", "ranking_scores", "attention"):
+        np.testing.assert_array_equal(one[key], four[key][:, 0])
+    ids = four["ids"].numpy()
+    assert all(len({tuple(ids[b, k]) for k in range(4)}) == 4 for b in range(len(SOURCES)))
+
+
+def test_a_custom_strategy_works_through_translator_and_the_export(tmp_path):
+    import json
+    import subprocess
+    import sys
+    import textwrap
+
+    from keras_s2s_attn.export import export_saved_model
+    from keras_s2s_attn.text import make_tokenizer
+    from keras_s2s_attn.translation import Translator
+
+    source = make_tokenizer("char").adapt(["abcdefgh"])
+    target = make_tokenizer("char").adapt(["ABCDEFGH"])
+    model = untrained(vocabulary=source.vocabulary_size)
+    texts = ["abc", "hgfe", "dd", ""]
+    plain = Translator(model, source, target, strategies={"beam": BeamSearch(3)})(texts, "beam")
+    produced = "".join(plain["translations"].astype(str).ravel())
+    banned_char = max(set(produced), key=produced.count)  # the model's favourite letter
+    banned = target.vocabulary.index(banned_char)
+    strategies = {"serving_default": GreedySearch(),
+                  "banned_beam": BannedTokenBeam(banned, beam_width=3)}
+    translator = Translator(model, source, target, strategies=strategies)
+    local = translator(texts, "banned_beam")
+    assert banned_char not in "".join(local["translations"].astype(str).ravel())
+    path = export_saved_model(model, tmp_path / "custom", source_tokenizer=source,
+                              target_tokenizer=target, strategies=strategies)
+    script = textwrap.dedent(f"""
+        import json
+        import tensorflow as tf
+        import tensorflow_text  # the tokenizers' NFKC normalisation
+        model = tf.saved_model.load({path!r})
+        out = model.signatures["banned_beam"](text=tf.constant({texts!r}))
+        print(json.dumps({{"signatures": sorted(model.signatures),
+                          "translations": out["translations"].numpy().astype(str).tolist()}}))
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    fresh = json.loads(result.stdout.strip().splitlines()[-1])
+    assert fresh["signatures"] == ["banned_beam", "serving_default"]
+    assert fresh["translations"] == local["translations"].astype(str).tolist()
+    from keras_s2s_attn.saved_models import read_export_info
+    entry = read_export_info(path)["signatures"]["banned_beam"]
+    assert entry["strategy"] == "banned_beam" and entry["options"]["banned"] == banned
