@@ -122,7 +122,8 @@ def _train(args):
     import contextlib
     import shlex
 
-    from keras_s2s_attn.training import CONFIG_FILE, train
+    from keras_s2s_attn.runs import CONFIG_FILE
+    from keras_s2s_attn.training import train
 
     if args.train is None and not args.resume:
         raise ValueError("--train is required (unless --resume)")

@@ -130,7 +130,7 @@ def test_cli_errors_are_clear(tmp_path):
 
 
 def test_diverging_run_stops_and_keeps_the_last_good_model(tmp_path):
-    from keras_s2s_attn.training import load_run
+    from keras_s2s_attn.runs import load_run
 
     class Explode(keras.callbacks.Callback):
         """From the second epoch on, a learning rate no model survives."""
