@@ -47,7 +47,8 @@ def test_serves_on_the_port_it_printed_after_its_warmup(server):
     """Issue 14: --port 0 printed port 0; the first request paid for the warm-up."""
     assert server.stdout_line == (f"Serving {MODEL} version 1 at http://127.0.0.1:{server.port}"
                                   f"/v1/models/{MODEL}\n")
-    assert re.search(r"INFO serving limited version 1 \(warmed up with 2 requests from "
+    # One warm-up request per signature: serving_default, beam_search, sample.
+    assert re.search(r"INFO serving limited version 1 \(warmed up with 3 requests from "
                      r"assets.extra/tf_serving_warmup_requests\)", server.new_stderr())
     status, body = server.request(PREDICT, {"instances": ["abc", "hgf", "dd"]})
     assert status == 200 and [row["translation"] for row in body["predictions"]] == [
