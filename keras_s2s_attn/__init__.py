@@ -18,6 +18,8 @@ import importlib.abc
 import importlib.util
 import sys
 
+from keras_s2s_attn.lazy import lazy_names
+
 __version__ = "0.1.0"
 
 _EXPORTS = {
@@ -40,17 +42,7 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'keras_s2s_attn' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_names(__name__, globals(), _EXPORTS)
 
 
 def _register_keras_objects():

@@ -13,7 +13,7 @@ Names are imported on first use, so `keras_s2s_attn.decoding.registry`
 loads without TensorFlow.
 """
 
-import importlib
+from keras_s2s_attn.lazy import lazy_names
 
 _EXPORTS = {
     **dict.fromkeys(("NEG_INF", "EnsembleStepper", "Stepper", "make_stepper"),
@@ -29,14 +29,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'keras_s2s_attn.decoding' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_names(__name__, globals(), _EXPORTS)
