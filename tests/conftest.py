@@ -16,6 +16,20 @@ from keras_s2s_attn.synthetic import reversal_task  # noqa: E402
 REVERSAL_SYMBOLS = 20
 
 
+# The longest test files, started first: the two pytest-xdist workers take whole files
+# in this order, so the long ones overlap the rest instead of running alone at the end.
+SLOW_FIRST = ("test_model_matrix.py", "test_decoding.py", "test_export.py", "test_train_cli.py",
+              "test_learning.py", "test_serving.py")
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item):
+        name = item.path.name
+        return SLOW_FIRST.index(name) if name in SLOW_FIRST else len(SLOW_FIRST)
+
+    items.sort(key=rank)  # stable: the order within each file is kept
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     keras.utils.set_random_seed(1234)

@@ -208,7 +208,7 @@ def test_a_subclass_plugs_in_by_its_own_next_tokens():
     np.testing.assert_array_equal(same["ids"][:, 0], plain["ids"])
 
 
-def test_unknown_tokens_are_replaced_by_the_most_attended_source_word():
+def test_unknown_tokens_are_replaced_by_the_most_attended_source_word(tmp_path):
     from keras_s2s_attn.text import make_tokenizer
     from keras_s2s_attn.translation import Translator
 
@@ -237,6 +237,15 @@ def test_unknown_tokens_are_replaced_by_the_most_attended_source_word():
     with pytest.raises(ValueError, match="char, word or space"):
         Translator(model, source, make_tokenizer("wordpiece").adapt(["le chat"] * 5),
                    replace_unknown=True)
+    # In the graph: the export replaces as Python does.
+    from keras_s2s_attn.export import export_saved_model
+    from keras_s2s_attn.saved_models import load_saved_model
+
+    path = export_saved_model(model, tmp_path / "replacing", source_tokenizer=source,
+                              target_tokenizer=target, max_output_length=4,
+                              replace_unknown=True, strategies={"serving_default": "greedy"})
+    exported = load_saved_model(path).signatures["serving_default"](text=tf.constant(texts))
+    assert exported["translation"].numpy().tolist() == replaced(texts)["translation"].tolist()
 
 
 def test_one_result_is_the_first_of_the_n_best():
