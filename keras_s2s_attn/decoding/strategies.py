@@ -238,8 +238,9 @@ class SamplingSearch(DecodingStrategy):
     input and returned best first by their score (the model's own
     log-probability, untempered). The draws are counter-based
     (`tf.random.stateless_categorical` seeded with `(seed, step)`), so one
-    seed gives the same samples on every call and machine; `top_k=1` or
-    `temperature=0` give greedy decoding.
+    seed gives the same samples for the same batch on every call (a text in
+    another batch, or under XLA, draws others); `top_k=1` or `temperature=0`
+    give greedy decoding.
 
     Args:
         temperature: ≥ 0; below 1 sharpens, above 1 flattens; 0 is greedy.
