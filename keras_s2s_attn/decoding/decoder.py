@@ -34,7 +34,8 @@ class Decoder:
     def __init__(self, model, start_id=START_ID, end_id=END_ID, jit_compile=False):
         self.stepper = make_stepper(model, start_id, end_id)
         self.jit_compile = bool(jit_compile)
-        self._functions = {}
+        self._functions = {}  # id(strategy) -> its search as a tf.function
+        self._strategies = {}  # (class, options) -> the strategy object `_cached` hands out
 
     @property
     def has_attention(self):
@@ -81,8 +82,8 @@ class Decoder:
     __call__ = greedy
 
     def beam_search(self, source_ids, max_output_length=None, **options):
-        """`BeamSearch(**options)`; with `num_results=1` (the default) the dict
-        has no K axis."""
+        """`BeamSearch(**options)`: `decode`'s dict, without its K axis when
+        `num_results=1` (by default K is the beam width)."""
         strategy = self._cached(get_strategy("beam", **options))
         result = self.decode(strategy, source_ids, max_output_length)
         return _first(result) if strategy.num_results == 1 else result
@@ -95,8 +96,7 @@ class Decoder:
     def _cached(self, strategy):
         """One strategy object per configuration, so each is traced once."""
         key = (type(strategy), tuple(sorted(strategy.get_config().items())))
-        cache = self.__dict__.setdefault("_strategies", {})
-        return cache.setdefault(key, strategy)
+        return self._strategies.setdefault(key, strategy)
 
     def _check(self, source_ids, max_output_length):
         source_ids = tf.convert_to_tensor(source_ids)
