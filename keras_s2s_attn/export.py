@@ -36,7 +36,7 @@ from keras_s2s_attn.saved_models import (
     versions,
 )
 from keras_s2s_attn.special_ids import NUM_RESERVED
-from keras_s2s_attn.translation import Translator
+from keras_s2s_attn.translation import Translator, column_buckets
 
 _TEMPORARY = re.compile(r"^\.tmp-export-([0-9]+)-")  # not \d: int("²") fails
 
@@ -55,18 +55,36 @@ def _remove_stale_temporaries(export_dir):
             pass  # alive, someone else's
 
 
+def _vocabulary_text(source_tokenizer, length):
+    """An in-vocabulary input of about `length` tokens."""
+    vocabulary_size = source_tokenizer.vocabulary_size
+    ids = NUM_RESERVED + np.arange(length) % max(1, vocabulary_size - NUM_RESERVED)
+    return source_tokenizer.decode(ids[None].astype("int32"))[0].numpy().decode()
+
+
 def default_warmup_texts(source_tokenizer, count=4):
     """A few in-vocabulary inputs of growing length, built from the source vocabulary."""
-    vocabulary_size = source_tokenizer.vocabulary_size
-    texts = []
-    for length in (3, 8, 16, 32)[:count]:
-        ids = NUM_RESERVED + np.arange(length) % max(1, vocabulary_size - NUM_RESERVED)
-        texts.append(source_tokenizer.decode(ids[None].astype("int32"))[0].numpy().decode())
-    return texts
+    return [_vocabulary_text(source_tokenizer, length) for length in (3, 8, 16, 32)[:count]]
+
+
+def _warmup_batches(translator, texts):
+    """`(signature, strategy, texts)` of each warm-up request: `texts` for every
+    signature and, for an XLA export, a lone input of each source-length bucket
+    for the first signature (what single requests most often use), so that
+    those compilations happen when the model loads rather than at a client's
+    first request."""
+    batches = [(signature, strategy, texts) for signature, strategy in
+               translator.strategies.items()]
+    if translator.jit_compile:
+        signature, strategy = next(iter(translator.strategies.items()))
+        batches += [(signature, strategy, [_vocabulary_text(translator.source_tokenizer, size)])
+                    for size in column_buckets(translator.max_source_length)]
+    return batches
 
 
 def write_warmup_requests(path, model_name, texts, translator):
-    """Writes TF Serving warm-up requests: one predict request per signature.
+    """Writes TF Serving warm-up requests: one predict request per signature
+    (and with XLA, one per source-length bucket, see `_warmup_batches`).
 
     Args:
         path: The `assets.extra/tf_serving_warmup_requests` file to write.
@@ -79,10 +97,10 @@ def write_warmup_requests(path, model_name, texts, translator):
 
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with tf.io.TFRecordWriter(path) as writer:
-        for signature, strategy in translator.strategies.items():
+        for signature, strategy, batch in _warmup_batches(translator, texts):
             request = predict_pb2.PredictRequest(
                 model_spec=model_pb2.ModelSpec(name=model_name, signature_name=signature))
-            request.inputs["text"].CopyFrom(tf.make_tensor_proto(texts, dtype=tf.string))
+            request.inputs["text"].CopyFrom(tf.make_tensor_proto(batch, dtype=tf.string))
             for name, (dtype, default) in strategy.request_inputs().items():
                 request.inputs[name].CopyFrom(tf.make_tensor_proto(default, dtype=dtype))
             log = prediction_log_pb2.PredictionLog(
@@ -102,13 +120,14 @@ def _signature_functions(translator, stored=None):
 
     Each signature's numeric core (`Translator.decode_graph`: the model's
     encoder and one search loop, every read of the weights, through `stored`
-    when the weights are stored small) is traced on its own; tokenisation and
-    detokenisation are traced once, called by all. No `tf.cond` joins the
-    searches: Grappler's dependency optimizer cannot sort a graph with while
-    loops inside a cond, and logs two errors on every first call.
+    when the weights are stored small; compiled with XLA when the translator
+    has `jit_compile`) is traced on its own; tokenisation and detokenisation
+    are traced once, called by all. No `tf.cond` joins the searches:
+    Grappler's dependency optimizer cannot sort a graph with while loops
+    inside a cond, and logs two errors on every first call.
     """
     ids, texts = tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([None], tf.string)
-    flags = tf.TensorSpec([None], tf.bool)
+    flags, limit = tf.TensorSpec([None], tf.bool), tf.TensorSpec([], tf.int32)
     results = (tf.TensorSpec([None, None, None], tf.int32), tf.TensorSpec([None, None], tf.int32),
                tf.TensorSpec([None, None], tf.float32),
                tf.TensorSpec([None, None, None, None], tf.float32))
@@ -121,8 +140,8 @@ def _signature_functions(translator, stored=None):
     def signature(core, names, lists):
         def translate(text, *values):
             source_ids, truncated, empty = encode(text)
-            return finish[lists](source_ids, truncated, empty,
-                                 *core(source_ids, **dict(zip(names, values))))
+            return finish[lists](source_ids, truncated, empty, *translator.search_graph(
+                core, source_ids, **dict(zip(names, values))))
 
         return translate
 
@@ -130,11 +149,13 @@ def _signature_functions(translator, stored=None):
     for name, strategy in translator.strategies.items():
         specs = _input_specs(strategy)
 
-        def core(source_ids, _name=name, **inputs):
-            return translator.decode_graph(_name, source_ids, **inputs)
+        def core(source_ids, step_limit, _name=name, **inputs):
+            return translator.decode_graph(_name, source_ids, step_limit, **inputs)
 
-        core = tf.function(stored.wrap(core) if stored is not None else core)
-        concrete = core.get_concrete_function(ids, **{spec.name: spec for spec in specs[1:]})
+        core = tf.function(stored.wrap(core) if stored is not None else core,
+                           jit_compile=translator.jit_compile)
+        concrete = core.get_concrete_function(ids, limit,
+                                              **{spec.name: spec for spec in specs[1:]})
         functions[name] = (signature(concrete, [spec.name for spec in specs[1:]],
                                      strategy.lists_results), specs)
     return functions
@@ -223,7 +244,10 @@ def export_saved_model(model_or_run_dir, export_dir="saved_models/model", versio
             rounding of the weights separates its outputs from the model's.
         **translator_options: `Translator` options: `strategies` (one
             signature each; default `default_strategies()`),
-            `max_source_length`, `max_output_length`, `replace_unknown`.
+            `max_source_length`, `max_output_length`, `replace_unknown`,
+            `jit_compile` (the numeric core compiled with XLA, once per
+            bucket of batch shapes; TF Serving serves it on CPU with
+            `--xla_cpu_compilation_enabled=true`).
 
     Returns:
         The path of the new version directory.

@@ -53,9 +53,11 @@ class Translator:
         replace_unknown: Replace each unknown target token by the source
             token it attended to most (OpenNMT's `replace_unknown_target`);
             needs attention and a `char`, `word` or `space` target tokenizer.
-        jit_compile: Compile the searches with XLA in Python calls (string
-            ops always stay outside XLA; XLA draws other samples than the
-            export for one seed).
+        jit_compile: Compile the numeric core (encoder and search) with XLA,
+            in Python calls and in the export; string ops stay outside XLA.
+            Batches are padded to bucket shapes (`bucket_shape`), so XLA
+            compiles once per bucket. XLA draws other samples than the plain
+            graph for one seed.
 
     Call arguments:
         texts: A str, a list of str, or a 1-D `tf.string` tensor.
@@ -102,7 +104,7 @@ class Translator:
         self.jit_compile = bool(jit_compile)
         self._encode_graph = tf.function(self.encode_text, reduce_retracing=True)
         self._finish_graph = tf.function(self.finish, reduce_retracing=True)
-        self._cores = {}
+        self._searches = {}
 
     @property
     def has_attention(self):
@@ -122,6 +124,7 @@ class Translator:
                 "max_source_length": self.max_source_length,
                 "max_output_length": self.max_output_length,
                 "replace_unknown": self.replace_unknown,
+                "jit_compile": self.jit_compile,
                 "signatures": {name: {"strategy": strategy.name,
                                       "options": strategy.get_config(),
                                       "inputs": {key: default for key, (_, default)
@@ -167,19 +170,39 @@ class Translator:
             budget = tf.minimum(budget, self.max_output_length)
         return budget
 
-    def decode_graph(self, signature, source_ids, max_length=None, **inputs):
-        """The numeric core as TensorFlow ops: source ids to `(ids, lengths,
-        scores, attention)` `(batch, K, ...)` of the signature's strategy.
+    def decode_graph(self, signature, source_ids, step_limit=None, **inputs):
+        """The numeric core as TensorFlow ops: source ids to the signature's
+        search results `(ids, lengths, scores, attention, steps)`, `(batch,
+        K, ...)`, untrimmed: T is `max_length_for(source_ids)`, of which
+        `steps` were taken (at most `step_limit`, a scalar tensor).
 
-        It holds every read of the model's weights and no string op, so the
-        export can wrap it alone (stored weights) between the string parts
-        `encode_text` and `finish`.
+        It holds every read of the model's weights, no string op and no
+        shape that depends on a value, so the export can wrap it alone
+        (stored weights) and compile it with XLA between the string parts
+        `encode_text` and `finish`; `search_graph` calls it.
         """
-        if max_length is None:
-            max_length = self.max_length_for(source_ids)
-        result = self._strategy(signature).decode(self.stepper, source_ids, max_length,
-                                                  **inputs).trimmed()
-        return result.ids, result.lengths, result.scores, result.attention
+        result = self._strategy(signature).decode(
+            self.stepper, source_ids, self.max_length_for(source_ids), step_limit, **inputs)
+        return result.ids, result.lengths, result.scores, result.attention, result.steps
+
+    def search_graph(self, core, source_ids, **inputs):
+        """Runs `core` (a `decode_graph`, maybe compiled with XLA) on
+        `source_ids`: `(ids, lengths, scores, attention)` trimmed to the
+        steps taken, the input to `finish`.
+
+        With `jit_compile`, the ids are padded first to a bucket shape
+        (`bucket_shape`), so that XLA compiles once per bucket rather than
+        once per batch shape; the step limit stays the unpadded batch's, so
+        the results are those of the batch alone.
+        """
+        batch, length = tf.shape(source_ids)[0], tf.shape(source_ids)[1]
+        limit = self.max_length_for(source_ids)
+        if self.jit_compile:
+            rows, columns = bucket_shape(batch, length, self.max_source_length)
+            source_ids = tf.pad(source_ids, [[0, rows - batch], [0, columns - length]])
+        ids, lengths, scores, attention, steps = core(source_ids, limit, **inputs)
+        return (ids[:batch, :, :steps], lengths[:batch], scores[:batch],
+                attention[:batch, :, :steps, :length])
 
     def finish(self, source_ids, truncated, empty, ids, lengths, scores, attention,
                lists=False):
@@ -233,8 +256,9 @@ class Translator:
         """The whole text-to-text path as TensorFlow ops: `encode_text`,
         `decode_graph`, `finish`."""
         source_ids, truncated, empty = self.encode_text(text)
+        core = functools.partial(self.decode_graph, signature)
         return self.finish(source_ids, truncated, empty,
-                           *self.decode_graph(signature, source_ids, **inputs),
+                           *self.search_graph(core, source_ids, **inputs),
                            lists=self._strategy(signature).lists_results)
 
     # ------------------------------------------------------------ Python API
@@ -249,12 +273,8 @@ class Translator:
         # All inputs, always as tensors: one trace per strategy, whichever a call sets.
         inputs = strategy.request_values(**inputs)
         source_ids, truncated, empty = self._encode_graph(texts)
-        budget = self.max_length_for(source_ids)
-        # Buffer sizes must be compile-time constants under XLA (one
-        # compilation per value); a tensor otherwise avoids retracing.
-        budget = int(budget) if self.jit_compile else budget
         if texts.shape[0]:
-            results = self._core(signature)(source_ids, budget, **inputs)
+            results = self._search(signature)(source_ids, **inputs)
         else:  # a search traced for a static batch of 0 cannot write its buffers
             k, width = strategy.num_results, source_ids.shape[1]
             results = (tf.zeros([0, k, 0], tf.int32), tf.zeros([0, k], tf.int32),
@@ -263,13 +283,46 @@ class Translator:
                                      lists=strategy.lists_results)
         return {name: value.numpy() for name, value in outputs.items()}
 
-    def _core(self, signature):
-        core = self._cores.get(signature)
-        if core is None:
+    def _search(self, signature):
+        """`search_graph` over the signature's core, as `tf.function`s (the core
+        compiled with XLA under `jit_compile`), made once per signature."""
+        search = self._searches.get(signature)
+        if search is None:
             core = tf.function(functools.partial(self.decode_graph, signature),
                                jit_compile=self.jit_compile, reduce_retracing=True)
-            self._cores[signature] = core
-        return core
+            search = tf.function(functools.partial(self.search_graph, core),
+                                 reduce_retracing=True)
+            self._searches[signature] = search
+        return search
+
+
+def column_buckets(max_source_length):
+    """The source lengths XLA compiles for: 8, 16, 24, 32, 48, 64, 96, ...
+    (each at most 1.5 times the one before) below `max_source_length`, then
+    `max_source_length` itself (no source is longer)."""
+    sizes, size = [], 8
+    while size < max_source_length:
+        sizes.append(size)
+        size = size + 8 if size < 32 else size * 3 // 2 // 8 * 8
+    return sizes + [max_source_length]
+
+
+def bucket_shape(batch, length, max_source_length):
+    """The padded shape XLA compiles a batch of source ids for: rows the next
+    power of two, columns the next of `column_buckets(max_source_length)`.
+
+    Args:
+        batch, length: The batch's shape (scalar int32 tensors).
+        max_source_length: A Python int.
+
+    Returns:
+        `(rows, columns)`, scalar int32 tensors.
+    """
+    sizes = tf.constant(column_buckets(max_source_length))
+    powers = tf.constant([2**i for i in range(31)])
+    rows = powers[tf.reduce_sum(tf.cast(powers < batch, tf.int32))]
+    index = tf.minimum(tf.reduce_sum(tf.cast(sizes < length, tf.int32)), tf.size(sizes) - 1)
+    return rows, tf.maximum(length, sizes[index])
 
 
 def _checked_strategies(strategies):

@@ -196,6 +196,20 @@ def test_jit_compile_gives_the_same_results(reversal_model):
         np.testing.assert_allclose(a["scores"].numpy(), b["scores"].numpy(), atol=1e-4)
 
 
+def test_rows_of_padding_never_hold_the_loop_up(reversal_model):
+    model, (inputs, _) = reversal_model
+    sources = inputs["source_ids"][:4]
+    padded = np.concatenate([sources, np.zeros_like(sources)])  # 4 rows of padding only
+    decoder = Decoder(model)
+    for method, kwargs in (("greedy", {}), ("beam_search", {"beam_width": 3})):
+        alone = getattr(decoder, method)(sources, max_output_length=30, **kwargs)
+        with_idle = getattr(decoder, method)(padded, max_output_length=30, **kwargs)
+        assert with_idle["ids"].shape[-1] == alone["ids"].shape[-1] < 30  # the same steps
+        np.testing.assert_array_equal(with_idle["ids"].numpy()[:4], alone["ids"].numpy())
+    # All rows idle: no step at all.
+    assert decoder.greedy(np.zeros_like(sources), max_output_length=30)["ids"].shape == (4, 0)
+
+
 def test_bad_decoding_arguments():
     decoder = Decoder(untrained())
     with pytest.raises(ValueError, match="beam_width"):

@@ -453,3 +453,32 @@ def test_ensemble_refuses_runs_with_other_tokenizers(tiny_run, tmp_path):
     vocab.write_text("\n".join(lines) + "\n", encoding="utf-8")
     with pytest.raises(ValueError, match="share their tokenizers.*source tokenizer.*other_run"):
         Translator.from_run([tiny_run, str(other)])
+
+
+def test_jit_export_answers_as_the_plain_model_in_a_fresh_process(tiny_run, tmp_path):
+    path = export.export_saved_model(tiny_run, tmp_path / "rev", strategies=export_strategies(),
+                                     jit_compile=True)
+    assert saved_models.read_export_info(path)["jit_compile"] is True
+    with open(os.path.join(path, "saved_model.pb"), "rb") as handle:
+        assert b"_XlaMustCompile" in handle.read()  # the core really is compiled by XLA
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    # Warm-up: the usual batch per signature, then a lone input per length bucket.
+    logs = [prediction_log_pb2.PredictionLog.FromString(r.numpy()).predict_log.request
+            for r in tf.data.TFRecordDataset(os.path.join(path, saved_models.WARMUP_FILE))]
+    lone = [tf.make_ndarray(log.inputs["text"]) for log in logs[len(SIGNATURES):]]
+    assert [len(texts[0]) for texts in lone] == [8, 12]  # max_source_length=12 (char tokens)
+    assert all(log.model_spec.signature_name == "serving_default"
+               for log in logs[len(SIGNATURES):])
+    plain = Translator.from_run(tiny_run, strategies=export_strategies())
+    jit = Translator.from_run(tiny_run, strategies=export_strategies(), jit_compile=True)
+    # Odd batch sizes and lengths: padded to their buckets, then cut back.
+    for texts in (TEXTS[:5], [TEXTS[0]], TEXTS):
+        for signature in ("serving_default", "beam_search"):
+            local = plain(texts, signature)
+            assert_same({"outputs": {name: value.astype(str).tolist()
+                                     if value.dtype == object else value.tolist()
+                                     for name, value in jit(texts, signature).items()}}, local)
+    for signature in ("serving_default", "beam_search"):
+        assert_same(run_in_fresh_python(path, signature, as_bytes(TEXTS)),
+                    plain(TEXTS, signature))

@@ -86,16 +86,24 @@ def _gather(x, parents):
     return tf.gather(x, parents, batch_dims=1)
 
 
-def run_search(strategy, stepper, source_ids, max_length, parameters):
+def run_search(strategy, stepper, source_ids, max_length, parameters, step_limit=None):
     """Runs `strategy` over `stepper` for a batch of source ids.
+
+    The loop stops when every row with a source token has finished: rows of
+    padding only (an empty input, or rows a caller added to fill a fixed
+    batch size) are decoded alongside but never keep the loop going.
 
     Args:
         strategy: A `DecodingStrategy`.
         stepper: A `Stepper` or `EnsembleStepper`.
         source_ids: Int32 `(batch, S)`, 0 for padding.
-        max_length: Most steps (the end token included): a Python int or a
-            scalar int32 tensor (a Python int under XLA).
+        max_length: The buffers' size, most steps (the end token included):
+            a Python int or a scalar int32 tensor (a compile-time constant
+            under XLA, e.g. one derived from the static shape).
         parameters: The strategy's per-request values (`strategy.parameters`).
+        step_limit: Most steps as a scalar int32 tensor, at most
+            `max_length` (under XLA it may vary from call to call without a
+            new compilation); default `max_length`.
 
     Returns:
         A `SearchResult` with the strategy's `num_results` best hypotheses.
@@ -109,6 +117,10 @@ def run_search(strategy, stepper, source_ids, max_length, parameters):
     source_mask = tf.repeat(tf.cast(tf.not_equal(source_ids, PAD_ID), tf.float32)[:, None],
                             width, axis=1)
     step = _step_function(strategy, stepper, memory, source_mask, parameters)
+    # Rows of padding only never hold the loop up.
+    idle = tf.repeat(~tf.reduce_any(tf.not_equal(source_ids, PAD_ID), axis=1)[:, None],
+                     width, axis=1)
+    step_limit = max_length if step_limit is None else step_limit
     loop = (tf.constant(0), tf.fill([batch, width], stepper.start_id), states,
             strategy.initial_scores(batch), tf.zeros([batch, width], tf.bool),
             tf.zeros([batch, width], tf.int32), tf.zeros([batch, width, source_length]),
@@ -117,7 +129,8 @@ def run_search(strategy, stepper, source_ids, max_length, parameters):
             tf.zeros([max_length, batch, width, source_length]))
     (steps, _, _, scores, finished, lengths, coverage, token_buf, parent_buf,
      attention_buf) = tf.while_loop(
-        lambda t, tokens, states, scores, finished, *rest: ~tf.reduce_all(finished),
+        lambda t, tokens, states, scores, finished, *rest: (
+            (t < step_limit) & ~tf.reduce_all(finished | idle)),
         lambda *loop_vars: _same_shapes(step(*loop_vars), loop_vars),
         loop, maximum_iterations=max_length,
     )

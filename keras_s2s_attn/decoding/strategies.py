@@ -104,16 +104,20 @@ class DecodingStrategy:
         """What the final hypotheses are sorted by (best first): their scores."""
         return hypotheses.scores
 
-    def decode(self, stepper, source_ids, max_length, **inputs):
+    def decode(self, stepper, source_ids, max_length, step_limit=None, **inputs):
         """Runs the search: a `SearchResult` of `num_results` hypotheses per input.
 
         Args:
             stepper: A `Stepper` or `EnsembleStepper`.
             source_ids: Int32 `(batch, S)`, 0 for padding.
-            max_length: Most steps (a Python int, or a scalar tensor).
+            max_length: Most steps, the buffers' size (a Python int, or a
+                scalar tensor).
+            step_limit: Most steps, as a tensor at most `max_length`
+                (`run_search`'s); default `max_length`.
             **inputs: Values of `request_inputs` for this call.
         """
-        return run_search(self, stepper, source_ids, max_length, self.parameters(**inputs))
+        return run_search(self, stepper, source_ids, max_length, self.parameters(**inputs),
+                          step_limit)
 
     def __repr__(self):
         options = ", ".join(f"{key}={value!r}" for key, value in self.get_config().items())
