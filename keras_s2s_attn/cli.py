@@ -526,9 +526,10 @@ def _add_serve(subparsers):
                     "is picked up when it appears. Logs one line per request on stderr.")
     parser.add_argument("base_path", help="saved_models/NAME")
     for field in dataclasses.fields(ServingOptions):
-        parser.add_argument(f"--{field.name.replace('_', '-')}", type=type(field.default),
-                            default=field.default,
-                            help=f"{field.metadata['help']} (default: {field.default})")
+        kind = ({"action": argparse.BooleanOptionalAction} if field.type is bool
+                else {"type": field.type})
+        parser.add_argument(f"--{field.name.replace('_', '-')}", default=field.default,
+                            help=f"{field.metadata['help']} (default: %(default)s)", **kind)
     parser.set_defaults(handler=_serve)
 
 

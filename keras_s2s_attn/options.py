@@ -70,9 +70,11 @@ class ModelOptions:
 class ServingOptions:
     """What `s2s-attn serve` (`keras_s2s_attn.serving.serve`) takes, and its defaults.
 
-    Every field is a `--flag` of `s2s-attn serve` (underscores as dashes),
-    with the field's default and help; `ServingOptions(**changes)` checks
-    the values and raises `ValueError` naming the one that is wrong.
+    Every field is a `--flag` of `s2s-attn serve` (underscores as dashes;
+    `--flag/--no-flag` for a switch), with the field's default and help;
+    `ServingOptions(**changes)` checks the values and raises `ValueError`
+    naming the one that is wrong. The batching fields are named as TF
+    Serving's `batching_parameters.txt` fields.
     """
 
     host: str = dataclasses.field(
@@ -84,7 +86,27 @@ class ServingOptions:
         default=4 * 1024 * 1024,
         metadata=_help("larger request bodies (after Content-Encoding) are refused with 413"))
     max_batch_size: int = dataclasses.field(
-        default=1024, metadata=_help("most instances in one predict request; more: 400"))
+        default=1024,
+        metadata=_help("most instances in one predict request (more: 400), and in one batch "
+                       "of merged requests"))
+    enable_batching: bool = dataclasses.field(
+        default=True,
+        metadata=_help("merge concurrent predict requests into batches, one signature call "
+                       "each, as TF Serving's --enable_batching"))
+    batch_timeout_micros: int = dataclasses.field(
+        default=0,
+        metadata=_help("microseconds a free batch thread may wait, after a request arrives, "
+                       "for more to fill its batch; with 0 it never waits, and batches form "
+                       "while the threads are busy"))
+    max_enqueued_batches: int = dataclasses.field(
+        default=10,
+        metadata=_help("batches' worth of instances (times --max-batch-size) that may wait; "
+                       "a request past them is answered 503"))
+    num_batch_threads: int = dataclasses.field(
+        default=2,
+        metadata=_help("threads running batches (signature calls) at once; about the number "
+                       "of cores, as TF Serving's guide advises on CPU (each call uses them "
+                       "all)"))
     max_connections: int = dataclasses.field(
         default=256,
         metadata=_help("open connections at once; a connection past them is answered 503 "
@@ -99,25 +121,31 @@ class ServingOptions:
                        "and headers, before it is closed"))
     request_timeout: float = dataclasses.field(
         default=30.0,
-        metadata=_help("seconds a predict request may wait for a worker and run (then 504), "
+        metadata=_help("seconds a predict request may wait for its batch and run (then 504), "
                        "as TF Serving's --rest_api_timeout_in_ms"))
     float_decimals: int = dataclasses.field(
         default=4, metadata=_help("decimals of the floats in predict answers"))
-    workers: int = dataclasses.field(
-        default=4, metadata=_help("threads running predict requests"))
     poll_seconds: float = dataclasses.field(
         default=1.0, metadata=_help("how often to look for a new version directory"))
 
     def __post_init__(self):
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be from 0 to 65535 (0: any free port); got {self.port}")
-        for name in ("max_request_bytes", "max_batch_size", "max_connections", "workers"):
+        for name in ("max_request_bytes", "max_batch_size", "max_connections",
+                     "max_enqueued_batches", "num_batch_threads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer; got {getattr(self, name)}")
         for name in ("read_timeout", "keepalive_timeout", "request_timeout", "poll_seconds"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be a positive number of seconds; got "
                                  f"{getattr(self, name)}")
+        if self.batch_timeout_micros < 0:
+            raise ValueError("batch_timeout_micros must be 0 or a positive number of "
+                             f"microseconds; got {self.batch_timeout_micros}")
+        if self.batch_timeout_micros >= 1e6 * self.request_timeout:
+            raise ValueError(f"batch_timeout_micros ({self.batch_timeout_micros}) must be less "
+                             f"than request_timeout ({self.request_timeout:g} s): a lone "
+                             "request would time out waiting for its batch")
         if not 0 <= self.float_decimals <= 17:
             raise ValueError(f"float_decimals must be from 0 to 17; got {self.float_decimals}")
 

@@ -1,8 +1,9 @@
 """A local server that speaks TF Serving's REST API over a SavedModel base path.
 
 For quick local use and tests; production goes to TF Serving itself, and the
-same client code works against both. Built on aiohttp; predict requests run
-in a thread pool so slow ones do not block the event loop.
+same client code works against both. Built on aiohttp; concurrent predict
+requests are merged into batches, one signature call each, run in batch
+threads (`keras_s2s_attn.batching`), as TF Serving's `--enable_batching` does.
 
     GET  /v1/models/NAME[/versions/N]             model version status
     GET  /v1/models/NAME[/versions/N]/metadata    signature definitions
@@ -18,7 +19,7 @@ are `keras_s2s_attn.options.ServingOptions`.
 
 import asyncio
 import base64
-import concurrent.futures
+import functools
 import json
 import logging
 import os
@@ -40,8 +41,10 @@ from aiohttp.http_exceptions import HttpProcessingError
 from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import error_codes_pb2
 
+from keras_s2s_attn.batching import Batcher, QueueFull
 from keras_s2s_attn.saved_models import (
     WARMUP_FILE,
+    exported_strategies,
     load_saved_model,
     read_export_info,
     versions,
@@ -157,6 +160,26 @@ def request_defaults(version_dir):
     return {name: entry.get("inputs", {}) for name, entry in signatures.items()}
 
 
+# Strategies whose answer for a row does not depend on the other rows of its batch: only
+# requests for their signatures are merged (a sample depends on the batch it is drawn in).
+_ROW_INDEPENDENT_STRATEGIES = ("greedy", "beam")
+
+
+def mergeable_signatures(version_dir):
+    """The signatures whose requests may share a batch: those of row-independent strategies."""
+    return frozenset(name for name, (strategy, _) in exported_strategies(version_dir).items()
+                     if strategy in _ROW_INDEPENDENT_STRATEGIES)
+
+
+class Servable(NamedTuple):
+    """A loaded version, as requests use it."""
+
+    version: int
+    model: object  # the SavedModel
+    defaults: dict  # {signature: {input: default}} (`request_defaults`)
+    mergeable: frozenset  # signatures whose requests may share a batch
+
+
 class ModelBasePath:
     """The versions of one model: the newest that loads is served, swapped atomically.
 
@@ -177,7 +200,7 @@ class ModelBasePath:
             raise FileNotFoundError(f"No model base path at {self.base_path!r}")
         self.name = os.path.basename(os.path.normpath(self.base_path))
         self._lock = threading.Lock()
-        self._served = None  # (version, SavedModel, {signature: {input: default}})
+        self._served = None  # a Servable
         self._failed = {}  # version -> (fingerprint, error code, message)
         self.refresh()
         if self._served is None:
@@ -196,7 +219,7 @@ class ModelBasePath:
         present = versions(self.base_path)
         with self._lock:
             self._failed = {v: failure for v, failure in self._failed.items() if v in present}
-        served = self._served[0] if self._served else -1
+        served = self._served.version if self._served else -1
         for version in reversed(present):
             if version <= served or self._load(version):
                 return
@@ -212,7 +235,8 @@ class ModelBasePath:
         try:
             model = load_saved_model(path)
             warmups = run_warmup_requests(model, path)
-            defaults = request_defaults(path)
+            servable = Servable(version, model, request_defaults(path),
+                                mergeable_signatures(path))
         except Exception as error:  # noqa: BLE001 (a bad version must not stop serving)
             with self._lock:
                 self._failed[version] = (fingerprint, _error_code(error), _one_line(error))
@@ -221,17 +245,16 @@ class ModelBasePath:
             return False
         with self._lock:
             self._failed.pop(version, None)
-            self._served = (version, model, defaults)
+            self._served = servable
         log.info("serving %s version %d (warmed up with %d requests from %s)", self.name,
                  version, warmups, WARMUP_FILE)
         return True
 
     def get(self, version=None):
-        """`(version, model, request defaults)`; a version other than the served one is
-        not found (404)."""
+        """The served `Servable`; a version other than the served one is not found (404)."""
         with self._lock:
             served = self._served
-        if version is not None and version != served[0]:
+        if version is not None and version != served.version:
             raise RequestError(f"Servable not found for request: Specific({self.name}, "
                                f"{version})", status=404)
         return served
@@ -241,7 +264,7 @@ class ModelBasePath:
         with self._lock:
             states = {v: ("END", code, message)
                       for v, (_, code, message) in self._failed.items()}
-            states[self._served[0]] = ("AVAILABLE", "OK", "")
+            states[self._served.version] = ("AVAILABLE", "OK", "")
         if version is not None:
             if version not in states:
                 raise RequestError(f"Servable not found for request: Specific({self.name}, "
@@ -427,16 +450,21 @@ def _real_lengths(tokens):
     return ((tokens != b"") * positions).max(axis=1, initial=0)
 
 
+def _cut(name, value, lengths, batch_axis):
+    """Output `name`'s `value` cut along its padded axes to `lengths` (`{token output:
+    length}`); `batch_axis`: 1 if its first axis is the batch, else 0."""
+    axes = _PADDED_AXES.get(name, ())
+    if axes and all(axis in lengths for axis in axes) and np.ndim(value) == len(axes) + batch_axis:
+        value = value[(slice(None),) * batch_axis
+                      + tuple(slice(0, lengths[axis]) for axis in axes)]
+    return value
+
+
 def _row(outputs, index, names, lengths, decimals):
     """One instance's answer: its outputs, padded axes cut to the instance's own lengths."""
-    row = {}
-    for name in names:
-        value = outputs[name][index]
-        axes = _PADDED_AXES.get(name, ())
-        if axes and all(axis in lengths for axis in axes) and np.ndim(value) == len(axes):
-            value = value[tuple(slice(0, lengths[axis][index]) for axis in axes)]
-        row[name] = _json_value(value, decimals)
-    return row
+    own = {axis: rows[index] for axis, rows in lengths.items()}
+    return {name: _json_value(_cut(name, outputs[name][index], own, 0), decimals)
+            for name in names}
 
 
 def format_outputs(outputs, row_format, names=None, decimals=None):
@@ -444,8 +472,10 @@ def format_outputs(outputs, row_format, names=None, decimals=None):
 
     A row holds its instance's outputs only: `attention`, `source_tokens`
     and `target_tokens` are cut to its own source and target lengths, not
-    padded to the longest in the batch. Columns are the batch tensors as
-    they are.
+    padded to the longest in the batch. Columns are the batch tensors cut
+    to the batch's longest row, so that the answer to a request is the same
+    whichever requests shared its batch (a signature may pad further: a
+    beam to its longest hypothesis, an empty input to a few steps).
 
     Args:
         outputs: The signature's outputs, numpy arrays keyed by name.
@@ -454,10 +484,12 @@ def format_outputs(outputs, row_format, names=None, decimals=None):
         decimals: Round floats to this many decimals; default as they are.
     """
     names = list(outputs) if names is None else names
-    if not row_format:
-        return {"outputs": {name: _json_value(outputs[name], decimals) for name in names}}
     lengths = {name: _real_lengths(outputs[name]) for name in ("source_tokens", "target_tokens")
                if name in outputs and np.ndim(outputs[name]) == 2}
+    if not row_format:
+        longest = {name: int(rows.max(initial=0)) for name, rows in lengths.items()}
+        return {"outputs": {name: _json_value(_cut(name, outputs[name], longest, 1), decimals)
+                            for name in names}}
     batch = len(next(iter(outputs.values()))) if outputs else 0
     return {"predictions": [_row(outputs, i, names, lengths, decimals) for i in range(batch)]}
 
@@ -484,14 +516,15 @@ def signature_metadata(model):
 
 
 def _scalar_inputs(function, request, defaults):
-    """The signature's inputs other than `text`: the request's values, else the defaults."""
+    """The signature's inputs other than `text`, checked: `((name, value), ...)` in the
+    order of their names, the request's values, else the defaults."""
     specs = function.structured_input_signature[1]
     unknown = sorted(set(request.scalars) - set(specs))
     if unknown:
         raise RequestError(f"'inputs': {_short(unknown)} not among the inputs of "
                            f"{request.signature!r}: {sorted(specs)}")
-    values = {}
-    for name, spec in specs.items():
+    values = []
+    for name, spec in sorted(specs.items()):
         if name == "text":
             continue
         value = request.scalars.get(name, defaults.get(name))
@@ -504,8 +537,8 @@ def _scalar_inputs(function, request, defaults):
             raise RequestError(f"'inputs': {name!r} must be {kind}; got {_short(value)}")
         if integer and not -2**31 <= value < 2**31:
             raise RequestError(f"'inputs': {name!r} must fit in int32; got {_short(value)}")
-        values[name] = tf.constant(value, spec.dtype)
-    return values
+        values.append((name, value))
+    return tuple(values)
 
 
 def _invalid_argument(message):
@@ -520,37 +553,82 @@ def _invalid_argument(message):
     return lines[0] if lines else "Invalid argument"
 
 
-def run_predict(model, body, options, defaults=None):
-    """Answers one predict request body (bytes), in a worker thread.
+class PredictJob(NamedTuple):
+    """A predict request, checked and ready to run."""
+
+    function: object  # the signature's concrete function
+    request: PredictRequest
+    scalars: tuple  # `_scalar_inputs`: its inputs other than `text`
+
+
+def prepare_predict(servable, body, options):
+    """Parses and checks one predict request body (bytes), in a thread.
 
     Args:
-        model: The served SavedModel.
+        servable: The served version (`Servable`).
         body: The request body.
         options: `ServingOptions`.
-        defaults: `{signature: {input: default}}` of the export (`request_defaults`).
 
     Returns:
-        `(instances, answer)`: the batch size and the JSON answer as bytes.
+        `(key, job)`: the `PredictJob`, and the key of the requests it may
+        share a signature call with (same version, signature and scalar
+        inputs), or None when it runs alone: batching is off, or its
+        signature's answers depend on the batch (sampling).
+
+    Raises:
+        RequestError: For a malformed or unanswerable request.
     """
     request = parse_predict_body(_parse_json(body), options.max_batch_size)
-    function = model.signatures.get(request.signature)
+    function = servable.model.signatures.get(request.signature)
     if function is None:
         raise RequestError(f"Serving signature name: {_short(request.signature)} not found in "
-                           f"signature def; the model has {sorted(model.signatures)}")
+                           f"signature def; the model has {sorted(servable.model.signatures)}")
     unknown = [name for name in request.output_filter if name not in function.structured_outputs]
     if unknown:
         raise RequestError(f"'output_filter': {_short(unknown)} not among the outputs of "
                            f"{request.signature!r}: {sorted(function.structured_outputs)}")
-    scalars = _scalar_inputs(function, request, (defaults or {}).get(request.signature, {}))
+    scalars = _scalar_inputs(function, request, servable.defaults.get(request.signature, {}))
+    merged = options.enable_batching and request.signature in servable.mergeable
+    key = (servable.version, request.signature, scalars) if merged else None
+    return key, PredictJob(function, request, scalars)
+
+
+def predict_batch(jobs, decimals=None):
+    """Answers predict jobs of one signature and scalar inputs with one signature call.
+
+    Runs in a batch thread. Each job gets its own rows back, in its order,
+    formatted as if it had run alone (`format_outputs` cuts padded axes to
+    the job's own rows).
+
+    Args:
+        jobs: `PredictJob`s sharing a key of `prepare_predict`.
+        decimals: Round floats to this many decimals; default as they are.
+
+    Returns:
+        Each job's JSON answer, as bytes.
+
+    Raises:
+        RequestError: If the graph rejects the inputs (its InvalidArgumentError).
+    """
+    function = jobs[0].function
+    specs = function.structured_input_signature[1]
+    texts = [text for job in jobs for text in job.request.texts]
     try:
-        outputs = function(text=tf.constant(request.texts, tf.string,
-                                            shape=[len(request.texts)]), **scalars)
+        outputs = function(text=tf.constant(texts, tf.string, shape=[len(texts)]),
+                           **{name: tf.constant(value, specs[name].dtype)
+                              for name, value in jobs[0].scalars})
     except tf.errors.InvalidArgumentError as error:  # e.g. top_p outside (0, 1]
         raise RequestError(_invalid_argument(error.message)) from None
-    answer = format_outputs({name: value.numpy() for name, value in outputs.items()},
-                            request.row_format, list(request.output_filter) or None,
-                            options.float_decimals)
-    return len(request.texts), json.dumps(answer, ensure_ascii=False).encode("utf-8")
+    outputs = {name: value.numpy() for name, value in outputs.items()}
+    answers, start = [], 0
+    for job in jobs:
+        end = start + len(job.request.texts)
+        answer = format_outputs({name: value[start:end] for name, value in outputs.items()},
+                                job.request.row_format, list(job.request.output_filter) or None,
+                                decimals)
+        answers.append(json.dumps(answer, ensure_ascii=False).encode("utf-8"))
+        start = end
+    return answers
 
 
 # -------------------------------------------------------------------- logging
@@ -588,6 +666,7 @@ http_log.addFilter(_ClientErrorsOnOneLine())
 
 # ------------------------------------------------------------------------ app
 MODELS = web.AppKey("models", ModelBasePath)
+BATCHER = web.AppKey("batcher", Batcher)
 
 
 class _Answer(web.Response):
@@ -603,8 +682,9 @@ class _Handlers:
 
     def __init__(self, models, options):
         self.models, self.options = models, options
-        self.executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=options.workers, thread_name_prefix="predict")
+        self.batcher = Batcher(functools.partial(predict_batch, decimals=options.float_decimals),
+                               options.max_batch_size, options.batch_timeout_micros,
+                               options.max_enqueued_batches, options.num_batch_threads)
 
     def _version(self, request):
         if request.match_info["name"] != self.models.name:
@@ -618,24 +698,36 @@ class _Handlers:
             {"model_version_status": self.models.status(self._version(request))})
 
     async def metadata(self, request):
-        version, model, _ = self.models.get(self._version(request))
+        servable = self.models.get(self._version(request))
         return web.json_response({
             "model_spec": {"name": self.models.name, "signature_name": "",
-                           "version": str(version)},
-            "metadata": signature_metadata(model)})
+                           "version": str(servable.version)},
+            "metadata": signature_metadata(servable.model)})
 
     async def predict(self, request):
-        _, model, defaults = self.models.get(self._version(request))
+        servable = self.models.get(self._version(request))
         body = await read_body(request, self.options)
-        work = asyncio.get_running_loop().run_in_executor(
-            self.executor, run_predict, model, body, self.options, defaults)
         try:  # on a timeout or a lost client, a request still queued never runs
-            instances, answer = await asyncio.wait_for(work, self.options.request_timeout)
+            instances, answer = await asyncio.wait_for(self._predict(servable, body),
+                                                       self.options.request_timeout)
         except asyncio.TimeoutError:
             raise RequestError(f"The prediction did not finish within "
                                f"{self.options.request_timeout:g} s (--request-timeout).",
                                status=504) from None
         return _Answer(answer, instances)
+
+    async def _predict(self, servable, body):
+        """`(instances, answer)`: the body parsed in a thread, then answered in a batch."""
+        key, job = await asyncio.get_running_loop().run_in_executor(
+            None, prepare_predict, servable, body, self.options)
+        try:
+            answer = await self.batcher.run(key, job, len(job.request.texts))
+        except QueueFull:
+            raise RequestError(
+                f"The server is busy: {self.batcher.queued_rows} instances wait for a batch, "
+                f"and {self.batcher.max_queued_rows} may (--max-enqueued-batches x "
+                "--max-batch-size); try again later.", status=503) from None
+        return len(job.request.texts), answer
 
 
 @web.middleware
@@ -675,7 +767,8 @@ def make_app(base_path, options=ServingOptions()):
         options: A `ServingOptions`.
 
     Returns:
-        An `aiohttp.web.Application`; `app[MODELS]` is its `ModelBasePath`.
+        An `aiohttp.web.Application`; `app[MODELS]` is its `ModelBasePath`,
+        `app[BATCHER]` the `Batcher` of its predict requests (with counters).
     """
     models = ModelBasePath(base_path)
     handlers = _Handlers(models, options)
@@ -690,7 +783,7 @@ def make_app(base_path, options=ServingOptions()):
         task = asyncio.create_task(poll())
         yield
         task.cancel()
-        handlers.executor.shutdown(wait=False, cancel_futures=True)
+        handlers.batcher.close()
 
     app = web.Application(
         client_max_size=options.max_request_bytes, middlewares=[_answer_errors],
@@ -705,6 +798,7 @@ def make_app(base_path, options=ServingOptions()):
         app.router.add_get(prefix + "/metadata", handlers.metadata)
         app.router.add_post(prefix + ":predict", handlers.predict)
     app[MODELS] = models
+    app[BATCHER] = handlers.batcher
     return app
 
 
@@ -801,7 +895,8 @@ async def _serve_until_stopped(app, sock, options):
             raise OSError(f"cannot listen on {options.host}:{options.port}: "
                           f"{error.strerror or error}") from None
         models = app[MODELS]
-        print(f"Serving {models.name} version {models.get()[0]} at {_url(sock, models.name)}",
+        print(f"Serving {models.name} version {models.get().version} at "
+              f"{_url(sock, models.name)}",
               flush=True)
         await stopped.wait()
         server.close()

@@ -7,7 +7,9 @@ import gzip
 import json
 import logging
 import os
+import re
 import shutil
+import socket
 import threading
 import time
 import urllib.error
@@ -18,9 +20,9 @@ import pytest
 import tensorflow as tf
 from aiohttp import web
 
-from keras_s2s_attn import export, saved_models
+from keras_s2s_attn import export, saved_models, serving
 from keras_s2s_attn.options import ServingOptions
-from keras_s2s_attn.serving import make_app
+from keras_s2s_attn.serving import BATCHER, RequestError, make_app
 from keras_s2s_attn.translation import Translator, open_translator
 from tests.serving_fixtures import INVALID_UTF8, export_strategies
 
@@ -337,6 +339,165 @@ def test_concurrent_clients(served):
     with concurrent.futures.ThreadPoolExecutor(max_workers=16) as pool:
         answers = list(pool.map(ask, range(len(words))))
     assert answers == expected
+
+
+def assert_same_json(got, alone, where="answer"):
+    """`got` is `alone`, but for floats off by up to twice their last rounded decimal."""
+    if isinstance(alone, float):
+        assert got == pytest.approx(alone, abs=2e-4), where
+    elif isinstance(alone, (list, dict)):
+        assert type(got) is type(alone) and len(got) == len(alone), where
+        pairs = (zip(got, alone) if isinstance(alone, list)
+                 else ((got[key], alone[key]) for key in alone))
+        for index, (mine, theirs) in enumerate(pairs):
+            assert_same_json(mine, theirs, f"{where}[{index}]")
+    else:
+        assert got == alone, where
+
+
+def mixed_bodies():
+    """16 requests of 1 to 8 words: greedy rows and columns (some filtered), beam rows, and
+    seeded samples with equal scalar inputs."""
+    words = ["".join("abcdefgh"[(i * 5 + j) % 8] for j in range(1 + (i * 3) % 9))
+             for i in range(80)]
+    bodies = []
+    for i in range(16):
+        texts = words[5 * i: 5 * i + 1 + i % 8]
+        if i % 4 == 3:
+            bodies.append({"signature_name": "sample",
+                           "inputs": {"text": texts, "temperature": 1.5, "seed": 3}})
+        elif i % 4 == 2:
+            bodies.append({"signature_name": "beam_search", "instances": texts})
+        else:
+            bodies.append({"instances": texts} if i % 2 else {"inputs": {"text": texts}})
+        if i % 5 == 4:
+            bodies[-1]["output_filter"] = ["translation", "attention"]
+    return bodies
+
+
+def test_concurrent_requests_share_signature_calls_and_get_their_own_rows(served):
+    """16 clients at once: each gets exactly the answer it gets alone (its own rows, in
+    order, cut to its own lengths in both formats), from fewer signature calls than
+    requests; samples are never merged."""
+    alone_server, base, _ = served
+    bodies = mixed_bodies()
+    alone = [alone_server.request(PREDICT, body) for body in bodies]
+    server = Server(base, num_batch_threads=1, batch_timeout_micros=500_000)
+    try:
+        start = threading.Barrier(len(bodies))
+
+        def ask(body):
+            start.wait()
+            return server.request(PREDICT, body)
+
+        with concurrent.futures.ThreadPoolExecutor(max_workers=len(bodies)) as pool:
+            together = list(pool.map(ask, bodies))
+        batcher = server.app[BATCHER]
+    finally:
+        server.close()
+    for index, ((status, answer), (_, expected)) in enumerate(zip(together, alone)):
+        assert status == 200, answer
+        assert_same_json(answer, expected, f"request {index}")
+    samples = sum(body.get("signature_name") == "sample" for body in bodies)
+    assert batcher.calls == len(bodies)
+    # Each sample alone; the 8 greedy and 4 beam requests in one call per signature, give
+    # or take a straggler.
+    assert samples + 2 <= batcher.batches <= samples + 5, batcher.batches
+
+
+@pytest.fixture(scope="module")
+def gated_server(served):
+    """A server of one batch thread whose signature calls record their texts, wait for
+    `gate` while they hold "WAIT", and fail as the graph would on "BOOM"."""
+    _, base, _ = served
+    calls, gate = [], threading.Event()
+    real = serving.predict_batch
+
+    def predict_batch(jobs, decimals=None):
+        texts = [text.decode() for job in jobs for text in job.request.texts]
+        calls.append(texts)
+        if "WAIT" in texts:
+            assert gate.wait(30)
+        if "BOOM" in texts:
+            raise RequestError("the graph rejects BOOM")
+        return real(jobs, decimals)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(serving, "predict_batch", predict_batch)
+        server = Server(base, num_batch_threads=1, max_batch_size=4, max_enqueued_batches=1)
+    yield server, calls, gate
+    gate.set()
+    server.close()
+
+
+@pytest.fixture
+def gated(gated_server):
+    """`gated_server` with no calls recorded yet and its gate closed."""
+    _, calls, gate = gated_server
+    calls.clear()
+    gate.clear()
+    yield gated_server
+    gate.set()
+
+
+def test_a_rejected_request_fails_alone_and_a_full_queue_is_503(gated):
+    server, calls, gate = gated
+    texts = ["abc", "BOOM", "hgf", "dd"]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=len(texts) + 1) as pool:
+        first = pool.submit(server.request, PREDICT, {"instances": ["WAIT"]})
+        assert wait_for(lambda: calls, 10)  # the batch thread is busy
+        queued = [pool.submit(server.request, PREDICT, {"instances": [text]}) for text in texts]
+        assert wait_for(lambda: server.app[BATCHER].queued_rows == 4, 10)
+        status, body = server.request(PREDICT, {"instances": ["abc"]})
+        gate.set()
+        answers = [future.result() for future in queued]
+        assert first.result()[0] == 200
+    assert (status, body) == (503, {"error": "The server is busy: 4 instances wait for a batch, "
+                                             "and 4 may (--max-enqueued-batches x "
+                                             "--max-batch-size); try again later."})
+    assert [(status, body.get("error") or body["predictions"][0]["translation"])
+            for status, body in answers] == [(200, "CBA"), (400, "the graph rejects BOOM"),
+                                             (200, "FGH"), (200, "DD")]
+    # One merged call, which failed; then each request alone.
+    assert sorted(calls[1]) == sorted(texts) and sorted(calls[2:]) == [[text] for text in
+                                                                      sorted(texts)]
+
+
+def test_a_client_that_leaves_while_queued_is_not_computed(gated):
+    server, calls, gate = gated
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        first = pool.submit(server.request, PREDICT, {"instances": ["WAIT"]})
+        assert wait_for(lambda: calls, 10)
+        body = json.dumps({"instances": ["gone"]}).encode()
+        with socket.create_connection(("127.0.0.1", server.port)) as connection:
+            connection.sendall(b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s"
+                               % (PREDICT.encode(), len(body), body))
+            assert wait_for(lambda: server.app[BATCHER].queued_rows == 1, 10)
+        assert wait_for(lambda: server.app[BATCHER].queued_rows == 0, 10)
+        gate.set()
+        assert first.result()[0] == 200
+    assert server.request(PREDICT, {"instances": ["abc"]})[0] == 200
+    assert calls == [["WAIT"], ["abc"]]
+
+
+def test_batching_flags_and_their_checks():
+    from keras_s2s_attn.cli import _parser
+
+    args = _parser().parse_args(["serve", "m", "--no-enable-batching", "--batch-timeout-micros",
+                                 "500", "--max-enqueued-batches", "3", "--num-batch-threads", "2"])
+    assert (args.enable_batching, args.batch_timeout_micros, args.max_enqueued_batches,
+            args.num_batch_threads) == (False, 500, 3, 2)
+    assert _parser().parse_args(["serve", "m"]).enable_batching is True
+    for changes, message in [
+        ({"batch_timeout_micros": -1},
+         "batch_timeout_micros must be 0 or a positive number of microseconds; got -1"),
+        ({"batch_timeout_micros": 2_000_000, "request_timeout": 2.0},
+         "batch_timeout_micros (2000000) must be less than request_timeout (2 s)"),
+        ({"max_enqueued_batches": 0}, "max_enqueued_batches must be a positive integer; got 0"),
+        ({"num_batch_threads": 0}, "num_batch_threads must be a positive integer; got 0"),
+    ]:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            ServingOptions(**changes)
 
 
 def test_new_version_is_picked_up(tiny_run, tmp_path):
