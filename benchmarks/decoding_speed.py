@@ -15,8 +15,9 @@ multiply-add): the encoder's GRU kernels per source token and direction, the
 attention's memory projection per source token, and per decoder step and
 hypothesis the decoder GRU, the attention query, scores and context, and the
 output projection. Element-wise work (gates, tanh, softmax) is not counted.
-The peak is float32 `tf.matmul` at the decoder GRU's input shape, timed in
-the same run.
+The peak is float32 `tf.matmul` at the decoder GRU's input shape with at
+least 256 rows (a one-row product measures call overhead, not the
+machine), timed in the same run.
 
     python benchmarks/decoding_speed.py [--batch 256] [--repeats 10] [--units 256]
 """
@@ -94,10 +95,11 @@ def main():
          lambda: xla.beam_search(sources, max_output_length=STEPS, beam_width=BEAM)),
     ]
     results = [(name, width, timed(fn, args.repeats)) for name, width, fn in rows]
-    peak = matmul_peak(args.batch, _matrix(model, "gru_cell_0/kernel"), args.repeats)
+    peak_rows = max(args.batch, 256)
+    peak = matmul_peak(peak_rows, _matrix(model, "gru_cell_0/kernel"), args.repeats)
     baseline = results[0][2]
     print(f"batch {args.batch}, {SOURCE_LENGTH} source tokens, {STEPS} steps, median of "
-          f"{args.repeats}; float32 matmul peak at the decoder GRU's shape: "
+          f"{args.repeats}; float32 matmul peak at the decoder GRU's shape, {peak_rows} rows: "
           f"{peak / 1e9:.1f} GFLOP/s")
     for name, width, seconds in results:
         flops = useful_flops(model, args.batch, SOURCE_LENGTH, STEPS, width) / seconds

@@ -472,13 +472,11 @@ def test_jit_export_answers_as_the_plain_model_in_a_fresh_process(tiny_run, tmp_
                for log in logs[len(SIGNATURES):])
     plain = Translator.from_run(tiny_run, strategies=export_strategies())
     jit = Translator.from_run(tiny_run, strategies=export_strategies(), jit_compile=True)
-    # Odd batch sizes and lengths: padded to their buckets, then cut back.
-    for texts in (TEXTS[:5], [TEXTS[0]], TEXTS):
-        for signature in ("serving_default", "beam_search"):
-            local = plain(texts, signature)
-            assert_same({"outputs": {name: value.astype(str).tolist()
-                                     if value.dtype == object else value.tolist()
-                                     for name, value in jit(texts, signature).items()}}, local)
+    # Odd batch sizes: padded to their buckets (5 rows to 8, 63 to 64), then cut back.
     for signature in ("serving_default", "beam_search"):
-        assert_same(run_in_fresh_python(path, signature, as_bytes(TEXTS)),
-                    plain(TEXTS, signature))
+        local = plain(TEXTS[:5], signature)
+        assert_same({"outputs": {name: value.astype(str).tolist()
+                                 if value.dtype == object else value.tolist()
+                                 for name, value in jit(TEXTS[:5], signature).items()}}, local)
+        assert_same(run_in_fresh_python(path, signature, as_bytes(TEXTS[1:])),
+                    plain(TEXTS[1:], signature))
