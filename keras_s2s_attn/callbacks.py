@@ -157,3 +157,48 @@ class RunCheckpoint(keras.callbacks.Callback):
                 writer.writerows(rows)
 
         _replace_atomically(self.csv_path, write)
+
+
+class InterruptBetweenSteps(keras.callbacks.Callback):
+    """Turns Ctrl-C during `fit` into a `KeyboardInterrupt` at the next batch end.
+
+    Python raises `KeyboardInterrupt` wherever the main thread happens to be,
+    which may be inside an epoch's bookkeeping (the run's files, TensorBoard's
+    writer), where it can leave the process hanging at exit. Installed as the
+    SIGINT handler (`with InterruptBetweenSteps() as callback:`), it raises at
+    once outside `fit`, and during `fit` only at a batch end, a safe point; a
+    second Ctrl-C raises at once.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.requested = self._fitting = False
+        self._previous = None
+
+    def __enter__(self):
+        import signal
+
+        self._previous = signal.signal(signal.SIGINT, self._request)
+        return self
+
+    def __exit__(self, *exc_info):
+        import signal
+
+        signal.signal(signal.SIGINT, self._previous)
+
+    def _request(self, signum, frame):
+        if not self._fitting or self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def on_train_begin(self, logs=None):
+        self._fitting = True
+
+    def on_train_end(self, logs=None):
+        self._fitting = False
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.requested:
+            raise KeyboardInterrupt
+
+    on_test_batch_end = on_train_batch_end

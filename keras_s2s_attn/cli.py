@@ -122,13 +122,15 @@ def _train(args):
     import contextlib
     import shlex
 
+    from keras_s2s_attn.callbacks import InterruptBetweenSteps
     from keras_s2s_attn.runs import CONFIG_FILE
     from keras_s2s_attn.training import train
 
     if args.train is None and not args.resume:
         raise ValueError("--train is required (unless --resume)")
     try:
-        with contextlib.redirect_stdout(sys.stderr):  # Keras prints its progress to stdout
+        # Keras prints its progress to stdout; Ctrl-C stops between steps.
+        with contextlib.redirect_stdout(sys.stderr), InterruptBetweenSteps() as interrupt:
             summary = train(
                 args.train, args.out, valid_data=args.valid, tokenizer=args.tokenizer,
                 source_tokenizer=args.source_tokenizer, target_tokenizer=args.target_tokenizer,
@@ -141,7 +143,7 @@ def _train(args):
                 source_column=args.source_column, target_column=args.target_column,
                 header=args.header or None, seed=args.seed, strategy=args.strategy,
                 resume=args.resume, lr_decay=not args.no_lr_decay,
-                early_stopping=args.early_stopping,
+                early_stopping=args.early_stopping, callbacks=[interrupt],
             )
     except KeyboardInterrupt:
         if os.path.exists(os.path.join(args.out, CONFIG_FILE)):
