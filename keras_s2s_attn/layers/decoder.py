@@ -59,8 +59,10 @@ class AttentionDecoder(keras.layers.Layer):
         self.return_state = bool(return_state)
         # keras.ops.scan's TensorFlow loop has no `maximum_iterations`, which
         # XLA needs to differentiate through it; this keeps `compile()`'s
-        # default jit_compile="auto" off XLA instead of failing in `fit`.
-        self.supports_jit = False
+        # default jit_compile="auto" off XLA under TensorFlow instead of
+        # failing in `fit`. JAX's scan compiles (and must: run eagerly, each
+        # batch re-dispatches the scan op by op, minutes per epoch).
+        self.supports_jit = keras.config.backend() != "tensorflow"
 
     @property
     def parallel(self):
