@@ -29,6 +29,7 @@ _EXPORTS = {
                      "attention_model", "build_seq2seq_model"), "keras_s2s_attn.models"),
     **dict.fromkeys(("END_ID", "PAD_ID", "START_ID", "UNK_ID"), "keras_s2s_attn.special_ids"),
     "evaluate_texts": "keras_s2s_attn.evaluation",
+    **dict.fromkeys(("ModelSteps", "beam_search", "greedy_search"), "keras_s2s_attn.generation"),
     # The TensorFlow side.
     **dict.fromkeys(("BeamSearch", "Decoder", "DecodingStrategy", "EnsembleStepper",
                      "GreedySearch", "SamplingSearch", "Stepper", "register_strategy"),

@@ -6,6 +6,7 @@ import os
 import sys
 import tempfile
 
+from keras_s2s_attn.backends import BackendError
 from keras_s2s_attn.evaluation import METRICS
 from keras_s2s_attn.options import TOKENIZER_KINDS, WEIGHT_DTYPES, ModelOptions
 
@@ -628,7 +629,7 @@ def main(argv=None):
     try:
         _start_tensorflow(args.verbose)
         return args.handler(args)
-    except (ValueError, FileNotFoundError, FileExistsError) as error:
+    except (ValueError, FileNotFoundError, FileExistsError, BackendError) as error:
         print(f"s2s-attn {args.command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

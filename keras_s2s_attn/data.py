@@ -7,6 +7,10 @@ start/end ids for teacher forcing, caches, shuffles, buckets by length, pads
 and prefetches.
 """
 
+from keras_s2s_attn.backends import require_tensorflow
+
+require_tensorflow(__name__)  # a clear message before TensorFlow is imported
+
 import csv
 import os
 import warnings

@@ -15,6 +15,10 @@ attention), `source_tokens`, `target_tokens`, `truncated`, `unknown_tokens`
 and, for beam and sampling, `translations` and `scores` `(batch, K)`.
 """
 
+from keras_s2s_attn.backends import require_tensorflow_backend
+
+require_tensorflow_backend(__name__)  # a clear message before TensorFlow is imported
+
 import json
 import os
 import re

@@ -17,6 +17,10 @@ Serving shows it. Every request has a bounded cost: the limits and timeouts
 are `keras_s2s_attn.options.ServingOptions`.
 """
 
+from keras_s2s_attn.backends import require_tensorflow
+
+require_tensorflow(__name__)  # a clear message before TensorFlow is imported
+
 import asyncio
 import base64
 import functools

@@ -17,6 +17,10 @@ Every file is written so that a run killed at any moment can be resumed
 (`callbacks.RunCheckpoint`).
 """
 
+from keras_s2s_attn.backends import require_tensorflow_backend
+
+require_tensorflow_backend(__name__)  # a clear message before TensorFlow is imported
+
 import json
 import math
 import os

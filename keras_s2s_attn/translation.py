@@ -7,6 +7,10 @@ code serves Python callers (`translator(["text", ...], signature)`,
 so a served model answers exactly as the model does in Python.
 """
 
+from keras_s2s_attn.backends import require_tensorflow_backend
+
+require_tensorflow_backend(__name__)  # a clear message before TensorFlow is imported
+
 import functools
 import os
 import re
@@ -17,6 +21,7 @@ from keras_s2s_attn import runs, saved_models
 from keras_s2s_attn.checks import positive_int
 from keras_s2s_attn.decoding import BeamSearch, GreedySearch, SamplingSearch, make_stepper
 from keras_s2s_attn.decoding.registry import get_strategy
+from keras_s2s_attn.generation import default_max_length
 from keras_s2s_attn.options import BeamOptions, SamplingOptions
 from keras_s2s_attn.special_ids import PAD_ID, UNK_ID
 
@@ -165,7 +170,7 @@ class Translator:
 
     def max_length_for(self, source_ids):
         """The decoding budget for a batch: 2·S + 10, capped by `max_output_length`."""
-        budget = 2 * tf.shape(source_ids)[1] + 10
+        budget = default_max_length(tf.shape(source_ids)[1])
         if self.max_output_length is not None:
             budget = tf.minimum(budget, self.max_output_length)
         return budget

@@ -284,3 +284,30 @@ def test_ensemble_needs_shared_vocabularies_and_two_models():
         Decoder([untrained(), build_seq2seq_model(13, 12, units=8, embedding_dim=4)])
     with pytest.raises(ValueError, match="at least 2"):
         EnsembleStepper([Stepper(untrained())])
+
+
+@pytest.mark.parametrize("kwargs", [dict(attention="additive"),
+                                    dict(attention="general", style="luong", cell_type="lstm"),
+                                    dict(attention=None)])
+def test_keras_ops_searches_equal_the_tensorflow_strategies(reversal_model, kwargs):
+    """`generation` (any backend, eager) gives `Decoder`'s tokens, lengths and scores."""
+    from keras_s2s_attn.generation import beam_search, greedy_search
+
+    model = reversal_model[0] if kwargs["attention"] == "additive" else build_seq2seq_model(
+        24, 24, embedding_dim=8, units=16, **kwargs)
+    source_ids = reversal_model[1][0]["source_ids"][:24].copy()
+    source_ids[3] = 0  # a row of padding only
+    decoder = Decoder(model)
+    for python, graph in (
+            (greedy_search(model, source_ids), decoder.greedy(source_ids)),
+            (beam_search(model, source_ids, beam_width=3, length_penalty_weight=0.6,
+                         coverage_penalty_weight=0.2, num_results=3, max_output_length=20),
+             decoder.beam_search(source_ids, beam_width=3, length_penalty_weight=0.6,
+                                 coverage_penalty_weight=0.2, max_output_length=20))):
+        assert sorted(python) == sorted(graph)
+        np.testing.assert_array_equal(python["ids"], graph["ids"].numpy())
+        np.testing.assert_array_equal(python["lengths"], graph["lengths"].numpy())
+        np.testing.assert_allclose(python["scores"], graph["scores"].numpy(), atol=1e-4)
+        if "attention" in python:
+            np.testing.assert_allclose(python["attention"], graph["attention"].numpy(),
+                                       atol=1e-5)

@@ -12,13 +12,14 @@ PACKAGE = pathlib.Path(__file__).parent.parent / "keras_s2s_attn"
 
 RANKS = {
     "special_ids": 0, "checks": 0, "options": 0, "evaluation": 0, "plotting": 0,
-    "callbacks": 0, "quantization": 0, "lazy": 0, "batching": 0,
+    "callbacks": 0, "quantization": 0, "lazy": 0, "batching": 0, "backends": 0,
     "layers": 1, "text": 1, "synthetic": 1,
     "models": 2, "data": 2, "runs": 2, "saved_models": 2,
-    "decoding": 3,
-    "training": 4, "translation": 4,
-    "export": 5, "serving": 5,
-    "cli": 6,
+    "generation": 3,
+    "decoding": 4,
+    "training": 5, "translation": 5,
+    "export": 6, "serving": 6,
+    "cli": 7,
 }
 # Names the lazy package `__init__`s hand out: they import nothing at import time.
 LAZY = {"keras_s2s_attn", "keras_s2s_attn.decoding"}

@@ -1,10 +1,15 @@
 """`Decoder`: decoding strategies over a model, from Python, with argument checks."""
 
+from keras_s2s_attn.backends import require_tensorflow_backend
+
+require_tensorflow_backend(__name__)  # a clear message before TensorFlow is imported
+
 import tensorflow as tf
 
 from keras_s2s_attn.checks import positive_int
 from keras_s2s_attn.decoding.registry import get_strategy
 from keras_s2s_attn.decoding.stepper import make_stepper
+from keras_s2s_attn.generation import default_max_length
 from keras_s2s_attn.special_ids import END_ID, START_ID
 
 
@@ -108,7 +113,7 @@ class Decoder:
                 f"`source_ids` must be (batch, S). Received shape {source_ids.shape}"
             )
         if max_output_length is None:
-            max_output_length = 2 * int(tf.shape(source_ids)[1]) + 10
+            max_output_length = default_max_length(int(tf.shape(source_ids)[1]))
         max_output_length = positive_int(int(max_output_length), "max_output_length")
         if self.jit_compile:
             # Buffer sizes must be compile-time constants under XLA (one

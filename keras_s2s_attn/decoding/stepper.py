@@ -7,26 +7,24 @@ implementation of the math as in training. `EnsembleStepper` is a stepper
 made of steppers. The search strategies (`strategies.py`) drive either.
 """
 
+from keras_s2s_attn.backends import require_tensorflow_backend
+
+require_tensorflow_backend(__name__)  # a clear message before TensorFlow is imported
+
 import tensorflow as tf
 
-from keras_s2s_attn import models
-from keras_s2s_attn.special_ids import END_ID, PAD_ID, START_ID
-
-# A log-probability for impossible tokens and hypotheses: finite, so sums never give NaN.
-NEG_INF = -1e9
+from keras_s2s_attn.generation import NEG_INF, ModelSteps  # noqa: F401  (NEG_INF: re-exported)
+from keras_s2s_attn.special_ids import END_ID, START_ID
 
 
-class Stepper:
+class Stepper(ModelSteps):
     """The parts of a `build_seq2seq_model` model, for step-by-step decoding.
 
-    Subclass it to change what a step computes (e.g. to add a bias to the
-    log-probabilities, or a language model); every strategy then uses it.
-
-    Args:
-        model: A model from `build_seq2seq_model` (trained, or loaded from a
-            `.keras` file).
-        start_id: The first decoder input.
-        end_id: The id that ends a sequence.
+    `generation.ModelSteps` under the name the strategies know: its `encode`
+    and `step` are `keras.ops`, so they run inside the search's TensorFlow
+    graph as they run eagerly on any backend. Subclass it to change what a
+    step computes (e.g. to add a bias to the log-probabilities, or a
+    language model); every strategy then uses it.
 
     Example:
 
@@ -34,74 +32,6 @@ class Stepper:
     >>> memory, states = stepper.encode(tf.constant([[5, 6, 7]]))
     >>> log_probs, weights, states = stepper.step(tf.constant([START_ID]), states, memory, 0)
     """
-
-    def __init__(self, model, start_id=START_ID, end_id=END_ID):
-        self.encoder = model.get_layer(models.ENCODER)
-        self.bridge = model.get_layer(models.BRIDGE)
-        self.embedding = model.get_layer(models.TARGET_EMBEDDING)
-        self.cell = model.get_layer(models.DECODER).cell
-        self.projection = model.get_layer(models.OUTPUT_PROJECTION)
-        self.start_id = int(start_id)
-        self.end_id = int(end_id)
-
-    @property
-    def has_attention(self):
-        """False for a model built with `attention=None` (its weights are all zero)."""
-        return self.cell.attention is not None
-
-    @property
-    def vocabulary_sizes(self):
-        """`(source, target)` vocabulary sizes."""
-        return self.encoder.embedding.input_dim, self.projection.units
-
-    def encode(self, source_ids):
-        """Runs the encoder once.
-
-        Args:
-            source_ids: Int32 `(batch, S)`, 0 for padding.
-
-        Returns:
-            `(memory, states)`: a structure the steps read (the encoder
-            states, the source mask, the prepared attention memory) and the
-            decoder's initial states. Both are nests of `(batch, ...)`
-            tensors, so a search may repeat them along the batch axis.
-        """
-        memory, summary = self.encoder(source_ids, training=False)
-        mask = tf.not_equal(source_ids, PAD_ID)
-        states = self.cell.get_initial_state(tf.shape(source_ids)[0], self.bridge(summary))
-        prepared = self.cell.prepare_memory(memory)
-        return (memory, mask) + (() if prepared is None else (prepared,)), states
-
-    def step(self, tokens, states, memory, t):
-        """One decoder step.
-
-        Args:
-            tokens: Int32 `(batch,)`: the previous tokens.
-            states: The decoder states (from `encode` or the previous step).
-            memory: `encode`'s memory.
-            t: The step index (scalar int32), for location-based scores.
-
-        Returns:
-            `(log_probs, weights, states)`: float32 `(batch, vocab)`
-            log-probabilities with PAD and START set to `NEG_INF` (no search
-            can pick them), float32 `(batch, S)` attention weights (zeros for
-            a model without attention) and the new states.
-        """
-        encoded, mask = memory[0], memory[1]
-        prepared = memory[2] if len(memory) > 2 else None
-        (output, weights), states = self.cell(
-            self.embedding(tokens), states, encoded, memory_mask=mask,
-            prepared_memory=prepared, step=t, training=False,
-        )
-        log_probs = tf.nn.log_softmax(tf.cast(self.projection(output), tf.float32))
-        # PAD and START are not output tokens: a search that picked one would
-        # emit a token that detokenisation then silently drops.
-        reserved = tf.one_hot([PAD_ID, START_ID], tf.shape(log_probs)[-1], on_value=NEG_INF,
-                              off_value=0.0)
-        log_probs += tf.reduce_sum(reserved, axis=0)
-        if weights is None:
-            weights = tf.zeros(tf.shape(mask), tf.float32)
-        return log_probs, tf.cast(weights, tf.float32), states
 
 
 class EnsembleStepper:

@@ -20,6 +20,7 @@ from keras_s2s_attn.checks import non_negative, positive_int
 from keras_s2s_attn.decoding.registry import register_strategy
 from keras_s2s_attn.decoding.search import run_search
 from keras_s2s_attn.decoding.stepper import NEG_INF
+from keras_s2s_attn.generation import gnmt_ranking
 from keras_s2s_attn.options import BeamOptions, SamplingOptions
 
 _INT32_MAX = 2**31 - 1
@@ -202,16 +203,8 @@ class BeamSearch(DecodingStrategy):
 
     def penalised(self, scores, lengths, coverage, source_mask, complete):
         """GNMT ranking scores of `(batch, beam[, vocab])` scores and lengths."""
-        lp = tf.pow((5.0 + tf.cast(lengths, tf.float32)) / 6.0, self.length_penalty_weight)
-        # Clipped, not `+ epsilon`: Grappler folds `(1 - real) + 1e-10` to
-        # `1 - real` in float32, and log(0) = -inf times 0 is NaN. And a
-        # `where`, not a product with the mask, for the same reason.
-        covered = tf.math.log(tf.clip_by_value(coverage, 1e-10, 1.0))
-        cp = self.coverage_penalty_weight * tf.reduce_sum(
-            tf.where(source_mask > 0, covered, 0.0), axis=-1)  # (batch, beam)
-        if scores.shape.rank == 3:
-            cp = cp[..., None]
-        return scores / lp + cp * tf.cast(complete, tf.float32)
+        return gnmt_ranking(scores, lengths, coverage, source_mask, complete,
+                            self.length_penalty_weight, self.coverage_penalty_weight)
 
     def next_tokens(self, log_probs, hypotheses, t, parameters):
         vocab = tf.shape(log_probs)[-1]

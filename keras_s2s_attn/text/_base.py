@@ -7,6 +7,10 @@ exported SavedModel. Vocabulary learning (`adapt`) runs the same normalisation a
 ops eagerly and counts in Python.
 """
 
+from keras_s2s_attn.backends import require_tensorflow
+
+require_tensorflow(__name__)  # a clear message before TensorFlow is imported
+
 import collections
 import itertools
 import json
