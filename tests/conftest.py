@@ -1,10 +1,10 @@
+import fcntl
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras  # noqa: E402
 import pytest  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
 from keras_s2s_attn import (  # noqa: E402
     MaskedAccuracy,
@@ -14,6 +14,30 @@ from keras_s2s_attn import (  # noqa: E402
 from keras_s2s_attn.synthetic import reversal_task  # noqa: E402
 
 REVERSAL_SYMBOLS = 20
+
+# KERAS_BACKEND picks the backend, as for any Keras program. Under JAX and
+# PyTorch only these files run: the layers, the model, training and
+# `generation` (keras.ops), and the cross-backend checks. The rest is the
+# TensorFlow side, which needs the TensorFlow backend.
+BACKEND = keras.config.backend()
+ANY_BACKEND = ("test_attention.py", "test_decoder.py", "test_models.py", "test_learning.py",
+               "test_backends.py")
+
+
+def pytest_report_header(config):
+    return f"Keras backend: {BACKEND}"
+
+
+def pytest_ignore_collect(collection_path, config):
+    name = collection_path.name
+    if BACKEND != "tensorflow" and name.startswith("test_") and name.endswith(".py"):
+        return name not in ANY_BACKEND
+    return None
+
+
+def tensorflow_only(reason):
+    """Marks a test of an agnostic file that checks something TensorFlow-specific."""
+    return pytest.mark.skipif(BACKEND != "tensorflow", reason=f"TensorFlow backend only: {reason}")
 
 
 # The longest test files, started first: the two pytest-xdist workers take whole files
@@ -36,25 +60,46 @@ def _seed():
     yield
 
 
+def reversal_test_set():
+    return reversal_task(500, num_symbols=REVERSAL_SYMBOLS, seed=2)
+
+
 def train_reversal(attention, epochs=7):
     """A small model trained on reversing 5-25 random symbols; (model, test set)."""
     keras.utils.set_random_seed(0)
     inputs, labels = reversal_task(6400, num_symbols=REVERSAL_SYMBOLS, seed=1)
-    test_set = reversal_task(500, num_symbols=REVERSAL_SYMBOLS, seed=2)
+    test_set = reversal_test_set()
     vocab = 4 + REVERSAL_SYMBOLS
     model = build_seq2seq_model(vocab, vocab, embedding_dim=32, units=64, attention=attention,
                                 dropout=0.0)
     model.compile(keras.optimizers.Adam(3e-3, clipnorm=1.0),
                   loss=MaskedSparseCategoricalCrossentropy(), metrics=[MaskedAccuracy()])
-    data = tf.data.Dataset.from_tensor_slices((inputs, labels)).shuffle(6400, seed=0).batch(64)
-    model.fit(data, epochs=epochs, verbose=0, shuffle=False)  # shuffled above
+    # Arrays, not tf.data: the same input path on every backend (Keras shuffles each epoch).
+    model.fit(inputs, labels, batch_size=64, epochs=epochs, verbose=0, shuffle=True)
     return model, test_set
 
 
 @pytest.fixture(scope="session")
-def reversal_model():
-    """Trained once per test session; shared by the learning and decoding tests."""
-    return train_reversal("additive")
+def reversal_model(tmp_path_factory):
+    """Trained once per test run and shared by the learning and decoding tests.
+
+    The pytest-xdist workers of a run share it through a `.keras` file in
+    their common temporary directory: the first worker to need it trains it
+    (under a lock), the others load it.
+    """
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID")  # the same in every worker of a run
+    if run is None:
+        return train_reversal("additive")
+    shared = tmp_path_factory.getbasetemp().parent
+    with open(shared / f"reversal-{run}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        path = shared / f"reversal-{run}.keras"
+        if path.exists():
+            return keras.saving.load_model(path), reversal_test_set()
+        model, test_set = train_reversal("additive")
+        model.save(path)
+        return model, test_set
 
 
-from tests.serving_fixtures import tiny_run  # noqa: E402,F401  (a shared fixture)
+if BACKEND == "tensorflow":
+    from tests.serving_fixtures import tiny_run  # noqa: E402,F401  (a shared fixture)

@@ -1,0 +1,78 @@
+"""Every Keras backend: the same function under each, and "train anywhere, serve with TF Serving".
+
+Run under each backend (`KERAS_BACKEND=jax python -m pytest -x -q`, see
+conftest.py); the comparisons that need several backends start the others
+in their own processes.
+"""
+
+import importlib.util
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from tests import backend_parity
+from tests.conftest import BACKEND, tensorflow_only
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BACKENDS = ("tensorflow", "jax", "torch")
+MODULE = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}
+
+
+def run_python(backend, *args, timeout=600):
+    """`python ARGS...` under `backend`, from the repository root; its stdout."""
+    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    done = subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+    assert done.returncode == 0, f"{backend}: {done.stderr[-3000:]}"
+    return done.stdout
+
+
+@tensorflow_only("it starts JAX and PyTorch in their own processes and compares all three")
+def test_same_weights_give_the_same_logits_under_the_three_backends(tmp_path):
+    missing = [b for b in BACKENDS if importlib.util.find_spec(MODULE[b]) is None]
+    if missing:
+        pytest.skip(f"not installed: {missing} (.ci/run installs jax[cpu] and CPU torch)")
+    logits = {"tensorflow": backend_parity.all_logits()}
+    for backend in ("jax", "torch"):
+        out = tmp_path / f"{backend}.npz"
+        run_python(backend, "-m", "tests.backend_parity", str(out))
+        with np.load(out) as stored:
+            assert str(stored["backend"]) == backend
+            logits[backend] = {key: stored[key] for key in logits["tensorflow"]}
+    for index, config in enumerate(backend_parity.CONFIGS):
+        key = str(index)
+        assert np.isfinite(logits["tensorflow"][key]).all()
+        assert np.abs(logits["tensorflow"][key]).max() > 0.1, config  # not all near zero
+        for a, b in (("tensorflow", "jax"), ("tensorflow", "torch"), ("jax", "torch")):
+            diff = np.abs(logits[a][key] - logits[b][key]).max()
+            assert diff <= 1e-4, f"{config}: {a} vs {b} differ by {diff}"
+
+
+def test_the_layers_import_here_and_the_tensorflow_side_says_what_it_needs():
+    script = textwrap.dedent("""
+        import sys
+        import keras_s2s_attn
+        from keras_s2s_attn import build_seq2seq_model, greedy_search, AttentionDecoder
+        from keras_s2s_attn.text import make_tokenizer  # TensorFlow installed: works anywhere
+        try:
+            from keras_s2s_attn import Translator
+        except ImportError as error:
+            print(type(error).__name__, error)
+        else:
+            print("imported")
+        print(sorted(m for m in ("keras_s2s_attn.decoding.search", "keras_s2s_attn.export")
+                     if m in sys.modules))
+    """)
+    lines = run_python(BACKEND, "-c", script, timeout=120).splitlines()
+    if BACKEND == "tensorflow":
+        assert lines == ["imported", "[]"]
+    else:
+        assert lines[0].startswith(
+            f"BackendError keras_s2s_attn.translation needs the TensorFlow Keras backend; "
+            f"Keras runs on '{BACKEND}'. Set KERAS_BACKEND=tensorflow")
+        assert "keras_s2s_attn.generation decodes on any backend" in lines[0]
+        assert lines[1] == "[]"
