@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_s2s_attn import export, quantization, saved_models
+from keras_s2s_attn import cli, export, quantization, saved_models
 from keras_s2s_attn.runs import load_run
 from keras_s2s_attn.text import make_tokenizer
 from keras_s2s_attn.translation import OUTPUT_NAMES, Translator
@@ -313,12 +313,26 @@ def test_killed_export_leaves_no_version_behind(tiny_run, tmp_path):
     assert os.listdir(base) == ["1"]
 
 
-def test_cli_export_and_translate(tiny_run, tmp_path):
+def run_cli(capsys, *args):
+    """`s2s-attn ARGS...` as `cli.main` in this process: `(exit code, stdout, stderr)`.
+
+    The same argument parsing, handlers and exit codes as the installed command
+    (test_main_job and test_cli start that one), without a TensorFlow start-up per call.
+    """
+    capsys.readouterr()
+    code = cli.main(list(args))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_cli_export_and_translate(tiny_run, tmp_path, capsys):
+    def s2s_status(*args):
+        return run_cli(capsys, *args)
+
     def s2s(*args):
-        result = subprocess.run(["s2s-attn", *args], capture_output=True, text=True, env=env(),
-                                timeout=300)
-        assert result.returncode == 0, result.stderr[-3000:]
-        return result.stdout
+        code, out, err = s2s_status(*args)
+        assert code == 0, err[-3000:]
+        return out
 
     out = s2s("export", tiny_run, "--name", "rev", "--export-dir", str(tmp_path),
               "--beam-width", "2")
@@ -328,16 +342,13 @@ def test_cli_export_and_translate(tiny_run, tmp_path):
     rows = json.loads(s2s("translate", str(tmp_path / "rev"), "abc", "--json"))
     assert rows[0]["translation"] == "CBA" and rows[0]["target_tokens"][3] == "[END]"
     assert s2s("translate", tiny_run, "abc", "--beam", "5").split() == ["CBA"]
-    wrong = subprocess.run(["s2s-attn", "translate", str(tmp_path / "rev"), "abc", "--beam", "3"],
-                           capture_output=True, text=True, env=env(), timeout=300)
-    assert wrong.returncode == 2 and "'beam_width': 2" in wrong.stderr
+    code, _, err = s2s_status("translate", str(tmp_path / "rev"), "abc", "--beam", "3")
+    assert code == 2 and "'beam_width': 2" in err
     only = s2s("export", tiny_run, "--name", "greedy_only", "--export-dir", str(tmp_path),
                "--strategies", "greedy").strip()
     assert list(saved_models.read_export_info(only)["signatures"]) == ["serving_default"]
-    no_sample = subprocess.run(["s2s-attn", "translate", only, "abc", "--sample"],
-                               capture_output=True, text=True, env=env(), timeout=300)
-    assert no_sample.returncode == 2 and "no signature decoding as SamplingSearch" in (
-        no_sample.stderr)
+    code, _, err = s2s_status("translate", only, "abc", "--sample")
+    assert code == 2 and "no signature decoding as SamplingSearch" in err
     n_best = s2s("translate", str(tmp_path / "rev"), "abc", "dd", "--beam", "2", "--n-best", "2")
     rows = [line.split("\t") for line in n_best.splitlines()]
     assert [row[0] for row in rows][::2] == ["CBA", "DD"] and len(rows) == 4
@@ -356,34 +367,30 @@ def test_cli_export_and_translate(tiny_run, tmp_path):
     for args, message in [(["abc", "--input", str(lines)], "not both"),
                           (["--input", str(tmp_path / "missing.txt")], "--input: no such file"),
                           ([], "at least one TEXT")]:
-        refused = subprocess.run(["s2s-attn", "translate", str(tmp_path / "rev"), *args],
-                                 capture_output=True, text=True, env=env(), timeout=300,
-                                 check=False)
-        assert refused.returncode == 2 and message in refused.stderr, refused.stderr[-2000:]
+        code, _, err = s2s_status("translate", str(tmp_path / "rev"), *args)
+        assert code == 2 and message in err, err[-2000:]
 
 
-def test_cli_evaluate_json_and_table(tiny_run, tmp_path):
+def test_cli_evaluate_json_and_table(tiny_run, tmp_path, capsys):
     pairs = tmp_path / "test.tsv"
     # Two references for "abc": the second is right; "ddc" has one wrong reference only.
     pairs.write_text("abc\tXYZ\tCBA\nhgf\tFGH\nddc\tCDE\n", encoding="utf-8")
-    result = subprocess.run(["s2s-attn", "evaluate", tiny_run, str(pairs), "--references",
-                             "--metrics", "wer,cer,per,exact,bleu", "--batch-size", "2"],
-                            capture_output=True, text=True, env=env(), timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    scores = json.loads(result.stdout)
+    code, out, err = run_cli(capsys, "evaluate", tiny_run, str(pairs), "--references",
+                             "--metrics", "wer,cer,per,exact,bleu", "--batch-size", "2")
+    assert code == 0, err[-3000:]
+    scores = json.loads(out)
     assert scores["sources"] == 3
     assert scores["wer"] == pytest.approx(1 / 3) and scores["exact"] == pytest.approx(2 / 3)
     assert scores["cer"] == pytest.approx(1 / 9)  # "CDD" vs "CDE": 1 edit in 9 characters
     # PER counts the model's target tokens, characters here: 1 of 9 too (split on
     # whitespace, "CDD" vs "CDE" would be 1 of 3 tokens).
     assert scores["per"] == pytest.approx(1 / 9)
-    assert "wer  33.33%" in result.stderr and "3/3" in result.stderr
-    single = subprocess.run(["s2s-attn", "evaluate", tiny_run, str(pairs), "--metrics", "wer"],
-                            capture_output=True, text=True, env=env(), timeout=300)
-    assert json.loads(single.stdout)["wer"] == pytest.approx(2 / 3)  # only column 1 counts
+    assert "wer  33.33%" in err and "3/3" in err
+    code, out, _ = run_cli(capsys, "evaluate", tiny_run, str(pairs), "--metrics", "wer")
+    assert code == 0 and json.loads(out)["wer"] == pytest.approx(2 / 3)  # column 1 only
 
 
-def test_cli_evaluate_reports_oracle_wer_of_the_n_best(tiny_run, tmp_path):
+def test_cli_evaluate_reports_oracle_wer_of_the_n_best(tiny_run, tmp_path, capsys):
     from keras_s2s_attn.decoding import BeamSearch
 
     pairs = tmp_path / "test.tsv"
@@ -394,15 +401,14 @@ def test_cli_evaluate_reports_oracle_wer_of_the_n_best(tiny_run, tmp_path):
     references = [n_best[0, 0], n_best[1, 0], n_best[2, 2], n_best[3, 2], "XYZ", "QQ"]
     pairs.write_text("".join(f"{s}\t{r}\n" for s, r in zip(sources, references)),
                      encoding="utf-8")
-    result = subprocess.run(["s2s-attn", "evaluate", tiny_run, str(pairs), "--metrics", "wer",
-                             "--beam", "3", "--n-best", "3"],
-                            capture_output=True, text=True, env=env(), timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    scores = json.loads(result.stdout)
+    code, out, err = run_cli(capsys, "evaluate", tiny_run, str(pairs), "--metrics", "wer",
+                             "--beam", "3", "--n-best", "3")
+    assert code == 0, err[-3000:]
+    scores = json.loads(out)
     assert scores["wer"] == pytest.approx(4 / 6) and scores["oracle_wer@1"] == scores["wer"]
     assert scores["oracle_wer@2"] == pytest.approx(4 / 6)
     assert scores["oracle_wer@3"] == pytest.approx(2 / 6)
-    assert "oracle_wer@3  33.33%" in result.stderr
+    assert "oracle_wer@3  33.33%" in err
 
 
 def perturbed_copy(run_dir, destination, seed):
