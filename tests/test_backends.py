@@ -76,3 +76,12 @@ def test_the_layers_import_here_and_the_tensorflow_side_says_what_it_needs():
             f"BackendError keras_s2s_attn.translation needs the TensorFlow Keras backend; "
             f"Keras runs on '{BACKEND}'. Set KERAS_BACKEND=tensorflow")
         assert "keras_s2s_attn.generation decodes on any backend" in lines[1]
+        # The command line says the same, in one line, with exit code 2.
+        env = {**os.environ, "KERAS_BACKEND": BACKEND}
+        done = subprocess.run(["s2s-attn", "translate", os.path.join(REPO, "saved_models",
+                                                                     "g2p_en"), "attention"],
+                              env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2 and done.stdout == ""
+        assert done.stderr.count("\n") == 1 and done.stderr.startswith(
+            "s2s-attn translate: error: keras_s2s_attn.translation needs the TensorFlow Keras "
+            "backend"), done.stderr
