@@ -22,9 +22,6 @@ import subprocess
 import sys
 import time
 
-MODULES = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}
-
-
 def measure(args):
     """In the child process: `{"train_steps_per_s": ..., "decode_words_per_s": ...}`."""
     import keras
@@ -66,7 +63,7 @@ def main():
         return
     results = {}
     for backend in args.backends.split(","):
-        if importlib.util.find_spec(MODULES.get(backend, backend)) is None:
+        if importlib.util.find_spec(backend) is None:  # each backend's package has its name
             print(f"{backend}: not installed, skipped", file=sys.stderr)
             continue
         env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}

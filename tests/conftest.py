@@ -1,5 +1,7 @@
 import fcntl
 import os
+import subprocess
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -33,6 +35,18 @@ def pytest_ignore_collect(collection_path, config):
     if BACKEND != "tensorflow" and name.startswith("test_") and name.endswith(".py"):
         return name not in ANY_BACKEND
     return None
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_python(backend, *args, timeout=600):
+    """`python ARGS...` under the Keras `backend`, from the repository root; its stdout."""
+    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    done = subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+    assert done.returncode == 0, f"{backend}: {done.stderr[-3000:]}"
+    return done.stdout
 
 
 def tensorflow_only(reason):

@@ -8,32 +8,20 @@ in their own processes.
 import importlib.util
 import os
 import subprocess
-import sys
 import textwrap
 
 import numpy as np
 import pytest
 
 from tests import backend_parity
-from tests.conftest import BACKEND, tensorflow_only
+from tests.conftest import BACKEND, REPO, run_python, tensorflow_only
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BACKENDS = ("tensorflow", "jax", "torch")
-MODULE = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}
-
-
-def run_python(backend, *args, timeout=600):
-    """`python ARGS...` under `backend`, from the repository root; its stdout."""
-    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    done = subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=timeout)
-    assert done.returncode == 0, f"{backend}: {done.stderr[-3000:]}"
-    return done.stdout
+BACKENDS = ("tensorflow", "jax", "torch")  # each the name of its Python package too
 
 
 @tensorflow_only("it starts JAX and PyTorch in their own processes and compares all three")
 def test_same_weights_give_the_same_logits_under_the_three_backends(tmp_path):
-    missing = [b for b in BACKENDS if importlib.util.find_spec(MODULE[b]) is None]
+    missing = [b for b in BACKENDS if importlib.util.find_spec(b) is None]
     if missing:
         pytest.skip(f"not installed: {missing} (.ci/run installs jax[cpu] and CPU torch)")
     logits = {"tensorflow": backend_parity.all_logits()}

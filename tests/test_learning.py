@@ -10,9 +10,6 @@ translations it gives on its own backend.
 """
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -20,7 +17,7 @@ import pytest
 from keras_s2s_attn.generation import greedy_search
 from keras_s2s_attn.special_ids import NUM_RESERVED
 from keras_s2s_attn.synthetic import exact_match
-from tests.conftest import BACKEND, tensorflow_only, train_reversal
+from tests.conftest import BACKEND, run_python, tensorflow_only, train_reversal
 
 
 def exact_match_all_and_long(model, test_set):
@@ -32,9 +29,15 @@ def exact_match_all_and_long(model, test_set):
             exact_match(predicted[long_rows], test_labels[long_rows]))
 
 
+@pytest.fixture(scope="module")
+def attention_exact_match(reversal_model):
+    """The trained attention model's exact match, all and long rows (decoded once)."""
+    return exact_match_all_and_long(*reversal_model)
+
+
 @pytest.mark.timeout(600)
-def test_attention_learns_reversal(reversal_model):
-    attention_all, attention_long = exact_match_all_and_long(*reversal_model)
+def test_attention_learns_reversal(attention_exact_match):
+    attention_all, attention_long = attention_exact_match
     print(f"{BACKEND}: exact match {attention_all:.3f} (long {attention_long:.3f})")
     assert attention_all >= 0.95
     assert attention_long >= 0.90
@@ -42,8 +45,8 @@ def test_attention_learns_reversal(reversal_model):
 
 @tensorflow_only("the plain model's failure is not a backend property; one backend shows it")
 @pytest.mark.timeout(600)
-def test_plain_encoder_decoder_fails_where_attention_succeeds(reversal_model):
-    _, attention_long = exact_match_all_and_long(*reversal_model)
+def test_plain_encoder_decoder_fails_where_attention_succeeds(attention_exact_match):
+    _, attention_long = attention_exact_match
     plain_all, plain_long = exact_match_all_and_long(*train_reversal(None))
     print(f"plain: exact match {plain_all:.3f} (long {plain_long:.3f})")
     assert plain_long <= 0.20
@@ -84,13 +87,10 @@ def test_trained_here_exported_by_tensorflow_serves_this_backends_translations(
     texts = ["".join(SYMBOLS[i - NUM_RESERVED] for i in row if i) for row in sources]
     model.save(tmp_path / "model.keras")
     (tmp_path / "texts.json").write_text(json.dumps(texts))
-    env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3"}
-    done = subprocess.run(
-        [sys.executable, "-c", EXPORT_AND_SERVE.format(symbols=SYMBOLS),
-         str(tmp_path / "model.keras"), str(tmp_path / "saved"), str(tmp_path / "texts.json")],
-        env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    served = json.loads(done.stdout.splitlines()[-1])
+    served = json.loads(run_python(
+        "tensorflow", "-c", EXPORT_AND_SERVE.format(symbols=SYMBOLS),
+        str(tmp_path / "model.keras"), str(tmp_path / "saved"), str(tmp_path / "texts.json")
+    ).splitlines()[-1])
     assert len(served) == 200
     assert served == expected
     # A trained model: most outputs are the reversed inputs, not noise that happens to agree.
