@@ -78,15 +78,20 @@ def reversal_test_set():
     return reversal_task(500, num_symbols=REVERSAL_SYMBOLS, seed=2)
 
 
-def train_reversal(attention, epochs=7):
-    """A small model trained on reversing 5-25 random symbols; (model, test set)."""
+def train_reversal(attention, epochs=5):
+    """A small model trained on reversing 5-25 random symbols; (model, test set).
+
+    5 epochs of 100 steps at 5e-3: under each backend it reaches >= 95% exact
+    match with a margin (measured 0.97-0.998), the plain model stays near 0 on
+    the long rows. More epochs cost minutes under PyTorch, which Keras runs eagerly.
+    """
     keras.utils.set_random_seed(0)
     inputs, labels = reversal_task(6400, num_symbols=REVERSAL_SYMBOLS, seed=1)
     test_set = reversal_test_set()
     vocab = 4 + REVERSAL_SYMBOLS
     model = build_seq2seq_model(vocab, vocab, embedding_dim=32, units=64, attention=attention,
                                 dropout=0.0)
-    model.compile(keras.optimizers.Adam(3e-3, clipnorm=1.0),
+    model.compile(keras.optimizers.Adam(5e-3, clipnorm=1.0),
                   loss=MaskedSparseCategoricalCrossentropy(), metrics=[MaskedAccuracy()])
     # Arrays, not tf.data: the same input path on every backend (Keras shuffles each epoch).
     model.fit(inputs, labels, batch_size=64, epochs=epochs, verbose=0, shuffle=True)
