@@ -127,6 +127,10 @@ class ServingOptions:
         default=4, metadata=_help("decimals of the floats in predict answers"))
     poll_seconds: float = dataclasses.field(
         default=1.0, metadata=_help("how often to look for a new version directory"))
+    ui: bool = dataclasses.field(
+        default=True,
+        metadata=_help("serve the attention explorer, a web page at / that calls the REST "
+                       "API (--no-ui: the API only)"))
 
     def __post_init__(self):
         if not 0 <= self.port <= 65535:

@@ -5,6 +5,7 @@ same client code works against both. Built on aiohttp; concurrent predict
 requests are merged into batches, one signature call each, run in batch
 threads (`keras_s2s_attn.batching`), as TF Serving's `--enable_batching` does.
 
+    GET  /                                        the attention explorer (a web page; --no-ui)
     GET  /v1/models/NAME[/versions/N]             model version status
     GET  /v1/models/NAME[/versions/N]/metadata    signature definitions
     POST /v1/models/NAME[/versions/N]:predict     {"instances": [...]} or {"inputs": ...}
@@ -24,6 +25,8 @@ require_tensorflow(__name__)  # a clear message before TensorFlow is imported
 import asyncio
 import base64
 import functools
+import html
+import importlib.resources
 import json
 import logging
 import os
@@ -801,9 +804,44 @@ def make_app(base_path, options=ServingOptions()):
         app.router.add_get(prefix, handlers.status)
         app.router.add_get(prefix + "/metadata", handlers.metadata)
         app.router.add_post(prefix + ":predict", handlers.predict)
+    if options.ui:
+        _add_explorer(app, models.name)
     app[MODELS] = models
     app[BATCHER] = handlers.batcher
     return app
+
+
+# The attention explorer: a page, its script and its style, shipped in the package.
+_EXPLORER_FILES = {"explorer.js": "text/javascript", "explorer.css": "text/css"}
+_EXPLORER_HEADERS = {
+    "Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff",
+    # Everything comes from this server; the map's PNG is drawn through blob: and data: URLs.
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob:; "
+                               "object-src 'none'; base-uri 'none'; frame-ancestors 'none'",
+}
+
+
+def _add_explorer(app, model_name):
+    """Routes GET / to the explorer page (the model's name written into it) and
+    GET /explorer/FILE to its script and style, all read once here."""
+    folder = importlib.resources.files("keras_s2s_attn") / "explorer"
+    page = (folder / "index.html").read_text("utf-8").replace(
+        "{{model_name}}", html.escape(model_name, quote=True)).encode("utf-8")
+    files = {name: (folder / name).read_bytes() for name in _EXPLORER_FILES}
+
+    async def index(request):
+        return web.Response(body=page, content_type="text/html", charset="utf-8",
+                            headers=_EXPLORER_HEADERS)
+
+    async def asset(request):
+        name = request.match_info["file"]
+        if name not in files:
+            raise RequestError(f"No such file: /explorer/{_short(name)}", status=404)
+        return web.Response(body=files[name], content_type=_EXPLORER_FILES[name],
+                            charset="utf-8", headers=_EXPLORER_HEADERS)
+
+    app.router.add_get("/", index)
+    app.router.add_get("/explorer/{file}", asset)
 
 
 # ---------------------------------------------------------------- the command

@@ -1,5 +1,6 @@
 """A tiny trained run, shared by the export and serving tests."""
 
+import asyncio
 import json
 import os
 import random
@@ -7,12 +8,16 @@ import re
 import select
 import signal
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
 
 import pytest
+from aiohttp import web
 
+from keras_s2s_attn.options import ServingOptions
+from keras_s2s_attn.serving import make_app
 from keras_s2s_attn.training import train
 
 
@@ -35,6 +40,47 @@ def tiny_run(tmp_path_factory):
           batch_size=32, dropout=0.0, learning_rate=0.01, normalization=None,
           max_source_length=12, verbose=0)
     return run_dir
+
+
+class Server:
+    """make_app's application on an ephemeral loopback port, in a thread."""
+
+    def __init__(self, base_path, **options):
+        self.app = make_app(base_path, ServingOptions(**{"poll_seconds": 0.2, **options}))
+        self.loop = asyncio.new_event_loop()
+        started = threading.Event()
+
+        def run():
+            asyncio.set_event_loop(self.loop)
+            self.runner = web.AppRunner(self.app)
+            self.loop.run_until_complete(self.runner.setup())
+            site = web.TCPSite(self.runner, "127.0.0.1", 0)
+            self.loop.run_until_complete(site.start())
+            self.port = site._server.sockets[0].getsockname()[1]
+            started.set()
+            self.loop.run_forever()
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+        assert started.wait(60)
+
+    def url(self, path):
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def request(self, path, body=None, raw=None, headers=None):
+        data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+        request = urllib.request.Request(self.url(path), data=data, headers=headers or {},
+                                         method="POST" if data is not None else "GET")
+        try:
+            with urllib.request.urlopen(request, timeout=120) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read())
+
+    def close(self):
+        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(30)
 
 
 MIXED_TEXTS = (

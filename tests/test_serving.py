@@ -1,6 +1,5 @@
 """The local TF-Serving-compatible server, over real HTTP on loopback."""
 
-import asyncio
 import base64
 import concurrent.futures
 import gzip
@@ -12,60 +11,16 @@ import shutil
 import socket
 import threading
 import time
-import urllib.error
 import urllib.request
 
 import numpy as np
 import pytest
 import tensorflow as tf
-from aiohttp import web
-
 from keras_s2s_attn import export, saved_models, serving
 from keras_s2s_attn.options import ServingOptions
-from keras_s2s_attn.serving import BATCHER, RequestError, make_app
+from keras_s2s_attn.serving import BATCHER, RequestError
 from keras_s2s_attn.translation import Translator, open_translator
-from tests.serving_fixtures import INVALID_UTF8, export_strategies
-
-
-class Server:
-    """make_app's application on an ephemeral loopback port, in a thread."""
-
-    def __init__(self, base_path, **options):
-        self.app = make_app(base_path, ServingOptions(**{"poll_seconds": 0.2, **options}))
-        self.loop = asyncio.new_event_loop()
-        started = threading.Event()
-
-        def run():
-            asyncio.set_event_loop(self.loop)
-            self.runner = web.AppRunner(self.app)
-            self.loop.run_until_complete(self.runner.setup())
-            site = web.TCPSite(self.runner, "127.0.0.1", 0)
-            self.loop.run_until_complete(site.start())
-            self.port = site._server.sockets[0].getsockname()[1]
-            started.set()
-            self.loop.run_forever()
-
-        self.thread = threading.Thread(target=run, daemon=True)
-        self.thread.start()
-        assert started.wait(60)
-
-    def url(self, path):
-        return f"http://127.0.0.1:{self.port}{path}"
-
-    def request(self, path, body=None, raw=None, headers=None):
-        data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
-        request = urllib.request.Request(self.url(path), data=data, headers=headers or {},
-                                         method="POST" if data is not None else "GET")
-        try:
-            with urllib.request.urlopen(request, timeout=120) as response:
-                return response.status, json.loads(response.read())
-        except urllib.error.HTTPError as error:
-            return error.code, json.loads(error.read())
-
-    def close(self):
-        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(30)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(30)
+from tests.serving_fixtures import INVALID_UTF8, Server, export_strategies
 
 
 @pytest.fixture(scope="module")
@@ -314,6 +269,28 @@ def test_request_timeout_is_a_504(served, tiny_run):
         assert server.request("/v1/models/reverser")[0] == 200
     finally:
         server.close()
+
+
+def test_the_explorer_page_is_served_unless_turned_off(served, tiny_run):
+    server, base, _ = served
+    with urllib.request.urlopen(server.url("/"), timeout=30) as response:
+        page = response.read().decode("utf-8")
+        assert response.headers["Content-Type"] == "text/html; charset=utf-8"
+        assert "default-src 'self'" in response.headers["Content-Security-Policy"]
+    assert '<meta name="s2s-model" content="reverser">' in page
+    assert "{{" not in page
+    with urllib.request.urlopen(server.url("/explorer/explorer.js"), timeout=30) as response:
+        assert response.headers["Content-Type"] == "text/javascript; charset=utf-8"
+        assert b"/v1/models/" in response.read()
+    assert server.request("/explorer/../serving.py")[0] == 404
+    assert server.request("/explorer/nothing.js") == (404, {"error": "No such file: "
+                                                                     "/explorer/'nothing.js'"})
+    plain = Server(base, ui=False)
+    try:
+        assert plain.request("/") == (404, {"error": "Not Found"})
+        assert plain.request("/v1/models/reverser")[0] == 200  # the REST API is unchanged
+    finally:
+        plain.close()
 
 
 def test_unknown_model_and_version_are_404(served):
