@@ -31,7 +31,9 @@ import urllib.request
 
 def start_server(base_path):
     """`(process, url)` of `s2s-attn serve BASE_PATH --port 0`, once it prints its URL."""
-    process = subprocess.Popen(["s2s-attn", "serve", base_path, "--port", "0"],
+    # `s2s-attn serve`, as the module of the Python running this script.
+    process = subprocess.Popen([sys.executable, "-m", "keras_s2s_attn.cli", "serve", base_path,
+                                "--port", "0"],
                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                                env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     ready, _, _ = select.select([process.stdout], [], [], 300)

@@ -191,6 +191,7 @@ function showResults(texts, outputs) {
       const box = document.createElement("div");
       box.className = "map";
       box.append(map);
+      box.addEventListener("scroll", () => pinLabels(map, box.scrollLeft, box.scrollTop));
       section.append(box, downloads(map, row));
     }
     return section;
@@ -260,20 +261,6 @@ function attentionMap(source, target, weights, rightToLeft) {
   svg.append(svgElement("title", {}, `Attention of ${target.length} target tokens over ` +
                                      `${source.length} source tokens`));
   const column = (s) => left + CELL * (rightToLeft ? source.length - 1 - s : s);
-  source.forEach((token, s) => {
-    const x = column(s) + CELL / 2 + 4, y = top - 6;
-    const label = svgElement("text", {class: "source-label", "data-s": s, x, y,
-                                      transform: `rotate(-90 ${x} ${y})`}, sourceLabels[s]);
-    label.append(svgElement("title", {}, token));
-    svg.append(label);
-  });
-  target.forEach((token, t) => {
-    const label = svgElement("text", {class: "target-label", "data-t": t, x: left - 6,
-                                      y: top + CELL * t + CELL / 2 + 4, "text-anchor": "end"},
-                             targetLabels[t]);
-    label.append(svgElement("title", {}, token));
-    svg.append(label);
-  });
   weights.forEach((row, t) => row.forEach((weight, s) => {
     const cell = svgElement("rect", {class: "cell", "data-t": t, "data-s": s, x: column(s),
                                      y: top + CELL * t, width: CELL, height: CELL,
@@ -281,8 +268,35 @@ function attentionMap(source, target, weights, rightToLeft) {
     cell.append(svgElement("title", {}, `${target[t]} → ${source[s]}: ${weight.toFixed(3)}`));
     svg.append(cell);
   }));
+  // The labels sit on white bands over the cells, so that they can follow a scrolled map.
+  const sources = svgElement("g", {class: "source-labels"});
+  sources.append(svgElement("rect", {width, height: top, fill: "#ffffff"}));
+  source.forEach((token, s) => {
+    const x = column(s) + CELL / 2 + 4, y = top - 6;
+    const label = svgElement("text", {class: "source-label", "data-s": s, x, y,
+                                      transform: `rotate(-90 ${x} ${y})`}, sourceLabels[s]);
+    label.append(svgElement("title", {}, token));
+    sources.append(label);
+  });
+  const targets = svgElement("g", {class: "target-labels"});
+  targets.append(svgElement("rect", {width: left, height, fill: "#ffffff"}));
+  target.forEach((token, t) => {
+    const label = svgElement("text", {class: "target-label", "data-t": t, x: left - 6,
+                                      y: top + CELL * t + CELL / 2 + 4, "text-anchor": "end"},
+                             targetLabels[t]);
+    label.append(svgElement("title", {}, token));
+    targets.append(label);
+  });
+  const corner = svgElement("rect", {class: "corner", width: left, height: top, fill: "#ffffff"});
+  svg.append(sources, targets, corner);
   highlightOnHover(svg, weights);
   return svg;
+}
+
+function pinLabels(map, x, y) {  // the labels stay in view over a scrolled map
+  map.querySelector(".source-labels").setAttribute("transform", `translate(0 ${y})`);
+  map.querySelector(".target-labels").setAttribute("transform", `translate(${x} 0)`);
+  map.querySelector(".corner").setAttribute("transform", `translate(${x} ${y})`);
 }
 
 function linked(weights) {  // [t][s] -> bool
@@ -321,6 +335,7 @@ const EXPORT_STYLE = "text{font:13px system-ui,sans-serif;fill:#1b1f24}rect.cell
 function svgFile(map) {
   const copy = map.cloneNode(true);
   for (const element of copy.querySelectorAll(".hl")) element.classList.remove("hl");
+  pinLabels(copy, 0, 0);  // the whole map, as if not scrolled
   copy.prepend(svgElement("style", {}, EXPORT_STYLE));
   copy.insertBefore(svgElement("rect", {width: "100%", height: "100%", fill: "#ffffff"}),
                     copy.querySelector("text, rect"));
