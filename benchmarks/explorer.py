@@ -18,31 +18,17 @@ docs/explorer.png). The README's figures come from
 
 import argparse
 import os
-import re
-import select
 import shutil
 import signal
 import statistics
-import subprocess
 import sys
+import tempfile
 import urllib.parse
 import urllib.request
 
+from serving_load import start_server  # benchmarks/, beside this script
 
-def start_server(base_path):
-    """`(process, url)` of `s2s-attn serve BASE_PATH --port 0`, once it prints its URL."""
-    # `s2s-attn serve`, as the module of the Python running this script.
-    process = subprocess.Popen([sys.executable, "-m", "keras_s2s_attn.cli", "serve", base_path,
-                                "--port", "0"],
-                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                               env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
-    ready, _, _ = select.select([process.stdout], [], [], 300)
-    line = process.stdout.readline() if ready else ""
-    match = re.match(r"Serving \S+ version \d+ at (http://127\.0\.0\.1:\d+)/", line)
-    if not match:
-        process.kill()
-        sys.exit(f"explorer.py: the server did not start: {line!r}")
-    return process, match.group(1)
+from keras_s2s_attn.options import ServingOptions
 
 
 def browser(width, height):
@@ -93,7 +79,18 @@ def main():
     parser.add_argument("--size", default="900,720", help="window WIDTH,HEIGHT in pixels")
     args = parser.parse_args()
     width, height = (int(v) for v in args.size.split(","))
-    process, url = start_server(args.base_path)
+    with tempfile.NamedTemporaryFile("w+", suffix=".log") as log:
+        process, model_url = start_server(args.base_path, log,
+                                          ServingOptions().max_batch_size, [])
+        try:
+            measure(model_url.split("/v1/models/")[0], args, width, height)
+        finally:
+            process.send_signal(signal.SIGINT)
+            process.wait(30)
+
+
+def measure(url, args, width, height):
+    """Loads the page on the server at `url`; prints the figures, saves the screenshot."""
     driver = browser(width, height)
     try:
         query = "/?" + urllib.parse.urlencode({"q": args.text})
@@ -102,16 +99,14 @@ def main():
             os.makedirs(os.path.dirname(args.screenshot) or ".", exist_ok=True)
             driver.save_screenshot(args.screenshot)
         times = [load_and_time(driver, url + query) for _ in range(args.repeats)]
-        print(f"page: {page_bytes(url):,} bytes (HTML, script and style, uncompressed)")
-        print(f"time to first result for {args.text!r}: first load {first:.0f} ms; then "
-              f"median {statistics.median(times):.0f} ms (min {min(times):.0f}, max "
-              f"{max(times):.0f}) over {len(times)} loads")
-        if args.screenshot:
-            print(f"screenshot: {args.screenshot}")
     finally:
         driver.quit()
-        process.send_signal(signal.SIGINT)
-        process.wait(30)
+    print(f"page: {page_bytes(url):,} bytes (HTML, script and style, uncompressed)")
+    print(f"time to first result for {args.text!r}: first load {first:.0f} ms; then "
+          f"median {statistics.median(times):.0f} ms (min {min(times):.0f}, max "
+          f"{max(times):.0f}) over {len(times)} loads")
+    if args.screenshot:
+        print(f"screenshot: {args.screenshot}")
 
 
 if __name__ == "__main__":

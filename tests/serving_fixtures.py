@@ -42,6 +42,18 @@ def tiny_run(tmp_path_factory):
     return run_dir
 
 
+def http_json(url, data=None, headers=None, method=None, timeout=60):
+    """`(status, parsed JSON body)` of one HTTP request: GET without `data`, else POST
+    (or `method`); an error status is an answer like any other."""
+    request = urllib.request.Request(url, data=data, headers=headers or {},
+                                     method=method or ("GET" if data is None else "POST"))
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
 class Server:
     """make_app's application on an ephemeral loopback port, in a thread."""
 
@@ -69,13 +81,7 @@ class Server:
 
     def request(self, path, body=None, raw=None, headers=None):
         data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
-        request = urllib.request.Request(self.url(path), data=data, headers=headers or {},
-                                         method="POST" if data is not None else "GET")
-        try:
-            with urllib.request.urlopen(request, timeout=120) as response:
-                return response.status, json.loads(response.read())
-        except urllib.error.HTTPError as error:
-            return error.code, json.loads(error.read())
+        return http_json(self.url(path), data, headers, timeout=120)
 
     def close(self):
         asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(30)
@@ -152,14 +158,8 @@ class ServeProcess:
         return f"http://127.0.0.1:{self.port}{path}"
 
     def request(self, path, body=None, timeout=60):
-        data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(self.url(path), data=data,
-                                         method="GET" if data is None else "POST")
-        try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
-                return response.status, json.loads(response.read())
-        except urllib.error.HTTPError as error:
-            return error.code, json.loads(error.read())
+        return http_json(self.url(path), None if body is None else json.dumps(body).encode(),
+                         timeout=timeout)
 
     def stop(self):
         """Stops the server (SIGINT, as Ctrl-C); returns `(returncode, stdout, the stderr

@@ -10,14 +10,12 @@ gets.
 import gzip
 import json
 import os
-import urllib.error
-import urllib.request
 
 import pytest
 
 from keras_s2s_attn import cli, export
 from keras_s2s_attn.data import MAX_LINE_BYTES, MalformedRowError, read_pairs
-from tests.serving_fixtures import ServeProcess, export_strategies, write_pairs
+from tests.serving_fixtures import ServeProcess, export_strategies, http_json, write_pairs
 
 MODEL = "bad_inputs"
 PREDICT = f"/v1/models/{MODEL}:predict"
@@ -94,13 +92,8 @@ def server(tiny_run, tmp_path_factory):
 
 
 def ask(server, method, path, data, headers):
-    request = urllib.request.Request(server.url(path), data=data, method=method,
-                                     headers={"Content-Type": "application/json", **headers})
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
+    return http_json(server.url(path), data, {"Content-Type": "application/json", **headers},
+                     method=method)
 
 
 def test_rest_api_answers_each_bad_request_with_a_4xx_and_goes_on(server):
