@@ -31,6 +31,7 @@ import tensorflow as tf
 
 from keras_s2s_attn import runs
 from keras_s2s_attn.checks import positive_int
+from keras_s2s_attn.graphs import graph_function
 from keras_s2s_attn.options import WEIGHT_DTYPES
 from keras_s2s_attn.quantization import StoredWeights
 from keras_s2s_attn.saved_models import (
@@ -137,8 +138,8 @@ def _signature_functions(translator, stored=None):
                tf.TensorSpec([None, None, None, None], tf.float32))
     # Concrete functions traced from explicit specs: each is traced once, and the
     # SavedModel can describe their arguments.
-    encode = tf.function(translator.encode_text).get_concrete_function(texts)
-    finish = {lists: tf.function(translator.finish).get_concrete_function(
+    encode = graph_function(translator.encode_text).get_concrete_function(texts)
+    finish = {lists: graph_function(translator.finish).get_concrete_function(
         ids, flags, flags, *results, lists=lists) for lists in (False, True)}
 
     def signature(core, names, lists):
@@ -156,7 +157,7 @@ def _signature_functions(translator, stored=None):
         def core(source_ids, step_limit, _name=name, **inputs):
             return translator.decode_graph(_name, source_ids, step_limit, **inputs)
 
-        core = tf.function(stored.wrap(core) if stored is not None else core,
+        core = graph_function(stored.wrap(core) if stored is not None else core,
                            jit_compile=translator.jit_compile)
         concrete = core.get_concrete_function(ids, limit,
                                               **{spec.name: spec for spec in specs[1:]})

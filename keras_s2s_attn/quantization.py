@@ -4,6 +4,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_s2s_attn.graphs import graph_function
+
 # int4 stores one scale per column for each block of this many rows: one
 # scale per column over a whole matrix costs too much accuracy at 4 bits.
 INT4_GROUP_SIZE = 32
@@ -111,7 +113,7 @@ class StoredWeights(tf.Module):
             return dequantize_int4(stored, scale, tuple(variable.shape), variable.dtype)
         return tf.cast(stored, variable.dtype) * tf.cast(scale, variable.dtype)
 
-    @tf.function(input_signature=[])
+    @graph_function(input_signature=[])
     def values(self):
         """Every weight turned back into its variable's dtype, in order.
 

@@ -22,6 +22,7 @@ from keras_s2s_attn.checks import positive_int
 from keras_s2s_attn.decoding import BeamSearch, GreedySearch, SamplingSearch, make_stepper
 from keras_s2s_attn.decoding.registry import get_strategy
 from keras_s2s_attn.generation import default_max_length
+from keras_s2s_attn.graphs import graph_function
 from keras_s2s_attn.options import BeamOptions, SamplingOptions
 from keras_s2s_attn.special_ids import PAD_ID, UNK_ID
 
@@ -107,8 +108,8 @@ class Translator:
         if self.replace_unknown:
             _check_replace_unknown(self.stepper, target_tokenizer)
         self.jit_compile = bool(jit_compile)
-        self._encode_graph = tf.function(self.encode_text, reduce_retracing=True)
-        self._finish_graph = tf.function(self.finish, reduce_retracing=True)
+        self._encode_graph = graph_function(self.encode_text, reduce_retracing=True)
+        self._finish_graph = graph_function(self.finish, reduce_retracing=True)
         self._searches = {}
 
     @property
@@ -293,9 +294,9 @@ class Translator:
         compiled with XLA under `jit_compile`), made once per signature."""
         search = self._searches.get(signature)
         if search is None:
-            core = tf.function(functools.partial(self.decode_graph, signature),
+            core = graph_function(functools.partial(self.decode_graph, signature),
                                jit_compile=self.jit_compile, reduce_retracing=True)
-            search = tf.function(functools.partial(self.search_graph, core),
+            search = graph_function(functools.partial(self.search_graph, core),
                                  reduce_retracing=True)
             self._searches[signature] = search
         return search

@@ -10,6 +10,7 @@ from keras_s2s_attn.checks import positive_int
 from keras_s2s_attn.decoding.registry import get_strategy
 from keras_s2s_attn.decoding.stepper import make_stepper
 from keras_s2s_attn.generation import default_max_length
+from keras_s2s_attn.graphs import graph_function
 from keras_s2s_attn.special_ids import END_ID, START_ID
 
 
@@ -68,7 +69,7 @@ class Decoder:
         source_ids, max_length = self._check(source_ids, max_output_length)
         function = self._functions.get(id(strategy))
         if function is None:
-            function = tf.function(
+            function = graph_function(
                 lambda ids, length, **values: strategy.decode(self.stepper, ids, length,
                                                               **values),
                 jit_compile=self.jit_compile, reduce_retracing=True)

@@ -31,6 +31,9 @@ class DecodingStrategy:
 
     Subclasses set `width` and `num_results` and implement `next_tokens`;
     strategies whose hypotheses change parents (a beam) set `reorders`.
+    The methods are traced into a graph without AutoGraph (see
+    `graphs.graph_function`): branch on tensors with `tf.where` or `tf.cond`,
+    not a Python `if`.
 
     Attributes:
         name: The registry name (set by `register_strategy`).
