@@ -72,6 +72,9 @@ class RunCheckpoint(keras.callbacks.Callback):
         metrics_file: Name of the CSV file in it.
         best_file: Name of the best-model file in it.
         monitor: The quantity that picks the best model (lower is better).
+        sync: None, or `sync(model, epoch) -> epoch`, called after the restore
+            with the epoch restored: what the workers of a multi-worker run
+            use to all start from the chief's state.
 
     Example:
 
@@ -80,8 +83,9 @@ class RunCheckpoint(keras.callbacks.Callback):
     """
 
     def __init__(self, run_dir, metrics_file="metrics.csv", best_file="best.keras",
-                 monitor="val_loss"):
+                 monitor="val_loss", sync=None):
         super().__init__()
+        self.sync = sync
         self.run_dir = os.fspath(run_dir)
         self.backup_dir = os.path.join(self.run_dir, BACKUP_DIR)
         self.csv_path = os.path.join(self.run_dir, metrics_file)
@@ -93,6 +97,10 @@ class RunCheckpoint(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         os.makedirs(self.backup_dir, exist_ok=True)
         epoch = self._restore()
+        if self.sync is not None:
+            epoch = self.sync(self.model, epoch)
+        # `fit` reads this after on_train_begin, as for BackupAndRestore.
+        self.model._initial_epoch = epoch
         rows = read_metrics(self.csv_path)
         kept = [row for row in rows if int(row["epoch"]) < epoch]
         if len(kept) != len(rows):
@@ -109,10 +117,7 @@ class RunCheckpoint(keras.callbacks.Callback):
             optimizer.build(self.model.trainable_variables)  # its variables are in the file
         self.model.load_weights(os.path.join(state_dir, "state.weights.h5"))
         with open(os.path.join(state_dir, "state.json")) as handle:
-            epoch = json.load(handle)["epoch"]
-        # `fit` reads this after on_train_begin, as for BackupAndRestore.
-        self.model._initial_epoch = epoch
-        return epoch
+            return json.load(handle)["epoch"]
 
     # -------------------------------------------------------------- each epoch
     def on_epoch_end(self, epoch, logs=None):

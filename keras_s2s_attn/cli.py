@@ -102,7 +102,11 @@ def _add_train(subparsers):
     parser.add_argument("--target-column", type=_column, default=1)
     parser.add_argument("--header", action="store_true", help="the first row holds names")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--strategy", default="default", choices=["default", "mirrored"])
+    parser.add_argument("--strategy", default="default",
+                        choices=["default", "mirrored", "multi-worker"],
+                        help="mirrored: the GPUs (or logical CPUs) of this machine; "
+                             "multi-worker: the cluster in TF_CONFIG, every worker running this "
+                             "command (README, \"Training on several machines\")")
     parser.add_argument("--no-lr-decay", action="store_true",
                         help="keep the learning rate constant (default: halve it when the "
                              "validation loss stalls)")
@@ -146,6 +150,14 @@ def _train(args):
                 resume=args.resume, lr_decay=not args.no_lr_decay,
                 early_stopping=args.early_stopping, callbacks=[interrupt],
             )
+    except Exception as error:  # noqa: BLE001  (only a lost worker is answered here)
+        if args.strategy != "multi-worker" or not _lost_worker(error):
+            raise
+        print(f"\ns2s-attn train: a worker of the cluster stopped "
+              f"({str(error).strip().splitlines()[0]}); restart every worker with the same "
+              f"command and --resume: they continue after the last epoch all of them finished",
+              file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         if os.path.exists(os.path.join(args.out, CONFIG_FILE)):
             hint = f"continue with: s2s-attn train --out {shlex.quote(args.out)} --resume"
@@ -156,6 +168,15 @@ def _train(args):
         return 130
     print(json.dumps(summary, indent=2))
     return 1 if summary["diverged"] else 0
+
+
+def _lost_worker(error):
+    """Whether `error` is TensorFlow's report that a peer worker is gone."""
+    import tensorflow as tf
+
+    return isinstance(error, tf.errors.OpError) and (
+        "unhealthy" in str(error) or isinstance(error, (tf.errors.UnavailableError,
+                                                         tf.errors.AbortedError)))
 
 
 def _model_options(args):

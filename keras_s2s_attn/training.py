@@ -24,6 +24,7 @@ require_tensorflow_backend(__name__)  # a clear message before TensorFlow is imp
 import json
 import math
 import os
+import shutil
 import sys
 import time
 
@@ -31,6 +32,7 @@ import keras
 import tensorflow as tf
 
 from keras_s2s_attn import data as data_lib
+from keras_s2s_attn import distributed
 from keras_s2s_attn.callbacks import RunCheckpoint, read_metrics, saved_epoch
 from keras_s2s_attn.checks import positive_int, rate
 from keras_s2s_attn.models import (
@@ -49,7 +51,7 @@ from keras_s2s_attn.runs import (
 )
 from keras_s2s_attn.text import load_tokenizer, make_tokenizer
 
-STRATEGIES = ("default", "mirrored")
+STRATEGIES = ("default", "mirrored", "multi-worker")
 
 
 def _strategy(name):
@@ -61,6 +63,8 @@ def _strategy(name):
         # No GPU: mirror over the logical CPU devices (one unless configured).
         cpus = [device.name for device in tf.config.list_logical_devices("CPU")]
         return tf.distribute.MirroredStrategy(devices=cpus)
+    if name == "multi-worker":
+        return distributed.multi_worker_strategy()
     raise ValueError(
         f"`strategy` must be one of {', '.join(map(repr, STRATEGIES))}. Received: {name!r}"
     )
@@ -102,8 +106,12 @@ def train(train_data, out, *, valid_data=None, tokenizer="char", source_tokenize
         max_source_length, max_target_length: Truncation (counted, reported).
         on_bad_row, source_column, target_column, header: See `read_pairs`.
         seed: Seed for weights and shuffling.
-        strategy: `"default"` or `"mirrored"` (`tf.distribute.MirroredStrategy`
-            over the GPUs, or over the logical CPUs when there is no GPU).
+        strategy: `"default"`, `"mirrored"` (`tf.distribute.MirroredStrategy`
+            over the GPUs, or over the logical CPUs when there is no GPU) or
+            `"multi-worker"` (`tf.distribute.MultiWorkerMirroredStrategy` over
+            the cluster in `TF_CONFIG`; every worker runs this call with the
+            same arguments, `batch_size` is each worker's batch, and only the
+            chief writes `out`, see `keras_s2s_attn.distributed`).
         resume: Continue the run in `out` after its last finished epoch, with
             its saved weights and optimizer state; the model and data options
             then come from its config.json. A run that is done (it has
@@ -131,29 +139,63 @@ def train(train_data, out, *, valid_data=None, tokenizer="char", source_tokenize
     >>> summary = train("pairs.tsv", "runs/demo", tokenizer="char", epochs=5)
     """
     options = dict(locals())  # the first statement, so it holds exactly the arguments
-    out = os.fspath(out)
-    if resume:
-        config = _resumed_config(out, train_data, valid_data, epochs, early_stopping)
-    else:
-        config = _new_config(out, options)
+    role, out, config = _open_run(options)
     train_data = train_data if train_data is not None else config["train_data"]
     valid_data = valid_data if valid_data is not None else config["valid_data"]
     if train_data is None:
         raise ValueError("No `train_data` given (a run trained on in-memory pairs needs them "
                          "again to resume).")
 
+    distribution = _strategy(config["strategy"])  # before any other op: multi-worker needs it
     keras.utils.set_random_seed(config["seed"])
     pairs, valid_pairs = _read_data(config, train_data, valid_data)
     source_tok, target_tok = _tokenizers(out, config, pairs, resume)
-    distribution = _strategy(config["strategy"])
+    if role is not None:
+        _check_same_vocabularies(distribution, source_tok, target_tok)
+    workers = 1 if role is None else role[3]
     train_ds, valid_ds, stats = _datasets(config, pairs, valid_pairs, source_tok, target_tok,
-                                          replicas=distribution.num_replicas_in_sync)
+                                          replicas=distribution.num_replicas_in_sync,
+                                          workers=workers)
     # The model first: options it refuses must leave no run directory behind.
     model = _compiled_model(config, source_tok.vocabulary_size, target_tok.vocabulary_size,
                             distribution)
+    if role is not None:
+        distributed.work_around_keras_multi_worker_fit(model, train_ds, distribution)
     _write_run(out, config, source_tok, target_tok, new=not resume)
-    return _fit(model, train_ds, valid_ds, _callbacks(out, config, callbacks), config, out,
-                stats, verbose)
+    checkpoint = RunCheckpoint(out, metrics_file=METRICS_FILE, best_file=BEST_MODEL,
+                               sync=None if role is None else distributed.chief_state_sync(
+                                   distribution))
+    summary = _fit(model, train_ds, valid_ds, _callbacks(out, config, checkpoint, callbacks),
+                   config, out, stats, verbose)
+    if role is not None and not role[2] and not summary["diverged"]:
+        shutil.rmtree(out, ignore_errors=True)  # a worker's own copy, kept only to resume
+    return summary
+
+
+def _open_run(options):
+    """`(role, run directory, config)` of this process: its multi-worker role
+    (`distributed.worker_role`, None for one process), the directory it writes
+    (a worker's own unless it is the chief) and the run's config, checked."""
+    role = distributed.worker_role() if options["strategy"] == "multi-worker" else None
+    out = os.fspath(options["out"])
+    out = out if role is None else distributed.worker_run_dir(out, role)
+    if not options["resume"]:
+        return role, out, _new_config(out, options)
+    config = _resumed_config(out, options["train_data"], options["valid_data"],
+                             options["epochs"], options["early_stopping"])
+    if (config["strategy"] == "multi-worker") != (role is not None):
+        raise ValueError(f"{out!r} was trained with strategy={config['strategy']!r}: "
+                         "resume it with the same strategy (--strategy).")
+    return role, out, config
+
+
+def _check_same_vocabularies(distribution, source_tok, target_tok):
+    """Stops every worker, saying why, unless all of them tokenise alike."""
+    fingerprint = distributed.vocabulary_fingerprint(source_tok, target_tok)
+    if len({row[0] for row in distributed.gather_from_workers(distribution, [fingerprint])}) > 1:
+        raise ValueError("The workers built different vocabularies (a different --train file, "
+                         "or tokenizer options, on some worker): give every worker the same "
+                         "pairs and options.")
 
 
 def _recorded_path(data):
@@ -290,19 +332,25 @@ def _tokenizers(out, config, pairs, resume):
             make_tokenizer(config["target_tokenizer"], **options).adapt(pairs[1]))
 
 
-def _datasets(config, pairs, valid_pairs, source_tok, target_tok, replicas):
-    """`(train dataset, validation dataset, stats)`; notes any truncation on stderr."""
+def _datasets(config, pairs, valid_pairs, source_tok, target_tok, replicas, workers=1):
+    """`(train dataset, validation dataset, stats)`; notes any truncation on stderr.
+
+    With several workers each batch is the global one, `batch_size` rows per
+    worker, and every worker keeps its share of it (sharded by element).
+    """
     lengths = {"max_source_length": config["max_source_length"],
                "max_target_length": config["max_target_length"],
                # Keras' first-batch shape probe under a strategy fails on a
                # batch that splits unevenly across replicas (Keras 3.15).
                "batch_multiple": replicas}
+    batch_size = config["batch_size"] * workers
     train_ds, train_stats = data_lib.make_dataset(
-        *pairs, source_tok, target_tok, batch_size=config["batch_size"], seed=config["seed"],
-        **lengths)
+        *pairs, source_tok, target_tok, batch_size=batch_size, seed=config["seed"], **lengths)
     valid_ds, valid_stats = data_lib.make_dataset(
-        *valid_pairs, source_tok, target_tok, batch_size=config["batch_size"], shuffle=False,
-        **lengths)
+        *valid_pairs, source_tok, target_tok, batch_size=batch_size, shuffle=False, **lengths)
+    if workers > 1:
+        train_ds, valid_ds = distributed.shard_by_data(train_ds), distributed.shard_by_data(
+            valid_ds)
     stats = {"train": train_stats, "valid": valid_stats}
     for side, numbers in stats.items():
         for key in ("truncated_sources", "truncated_targets"):
@@ -342,10 +390,9 @@ def _write_run(out, config, source_tok, target_tok, new):
     os.replace(path + ".tmp", path)  # a resume rewrites it: never leave half a file
 
 
-def _callbacks(out, config, extra):
-    """The run's own callbacks, then `extra`."""
-    own = [RunCheckpoint(out, metrics_file=METRICS_FILE, best_file=BEST_MODEL),
-           keras.callbacks.TerminateOnNaN()]
+def _callbacks(out, config, checkpoint, extra):
+    """The run's own callbacks (`checkpoint` first), then `extra`."""
+    own = [checkpoint, keras.callbacks.TerminateOnNaN()]
     if config["lr_decay"]:
         own.append(keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5,
                                                      patience=1, min_lr=1e-5, verbose=1))

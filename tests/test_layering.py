@@ -14,7 +14,7 @@ RANKS = {
     "special_ids": 0, "checks": 0, "options": 0, "evaluation": 0, "plotting": 0,
     "callbacks": 0, "lazy": 0, "batching": 0, "backends": 0, "graphs": 0,
     "layers": 1, "text": 1, "synthetic": 1, "quantization": 1,
-    "models": 2, "data": 2, "runs": 2, "saved_models": 2,
+    "models": 2, "data": 2, "runs": 2, "saved_models": 2, "distributed": 2,
     "generation": 3,
     "decoding": 4,
     "training": 5, "translation": 5,
