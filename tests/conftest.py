@@ -66,8 +66,7 @@ def tensorflow_only(reason):
 # The longest test files, started first: the two pytest-xdist workers take whole files
 # in this order, so the long ones overlap the rest instead of running alone at the end.
 SLOW_FIRST = ("test_model_matrix.py", "test_decoding.py", "test_export.py", "test_train_cli.py",
-              "test_multi_worker.py",
-              "test_learning.py", "test_serving.py")
+              "test_multi_worker.py", "test_learning.py", "test_serving.py")
 
 
 def pytest_collection_modifyitems(items):
