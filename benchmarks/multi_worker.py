@@ -19,10 +19,11 @@ import json
 import math
 import os
 import random
-import socket
 import subprocess
 import sys
 import tempfile
+
+from keras_s2s_attn.distributed import loopback_tf_configs
 
 
 def write_pairs(path, count, seed=0):
@@ -31,16 +32,6 @@ def write_pairs(path, count, seed=0):
         for _ in range(count):
             word = "".join(rng.choice("abcdefghij") for _ in range(rng.randint(3, 12)))
             handle.write(f"{word}\t{word[::-1].upper()}\n")
-
-
-def free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 def train_command(pairs, out, batch, epochs, strategy):
@@ -69,10 +60,7 @@ def measure(args, workdir, workers):
         summary = run_workers([train_command(args.pairs_file, out, args.batch * 2,
                                              args.epochs, "default")], [env])
     else:
-        hosts = [f"127.0.0.1:{port}" for port in free_ports(workers)]
-        envs = [{**env, "TF_CONFIG": json.dumps({"cluster": {"worker": hosts},
-                                                 "task": {"type": "worker", "index": i}})}
-                for i in range(workers)]
+        envs = [{**env, "TF_CONFIG": tf_config} for tf_config in loopback_tf_configs(workers)]
         command = train_command(args.pairs_file, out, args.batch * 2 // workers, args.epochs,
                                 "multi-worker")
         summary = run_workers([command] * workers, envs)
@@ -99,7 +87,8 @@ def main():
         write_pairs(args.pairs_file, args.pairs)
         rows = [measure(args, workdir, workers) for workers in (1, 2)]
     print(f"{os.cpu_count()} CPU cores, global batch {args.batch * 2}, {args.epochs} epochs")
-    print("| workers | seconds | steps/s | pairs/s | vs 1 worker | loss by epoch | val_loss |")
+    print("| workers | seconds | steps/s | pairs/s | vs 1 worker | loss by epoch "
+          "| val_loss by epoch |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for row in rows:
         print(f"| {row['workers']} | {row['seconds']:.1f} | {row['steps_per_s']:.2f} | "

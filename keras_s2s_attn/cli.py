@@ -155,7 +155,7 @@ def _train(args):
             raise
         print(f"\ns2s-attn train: a worker of the cluster stopped "
               f"({str(error).strip().splitlines()[0]}); restart every worker with the same "
-              f"command and --resume: they continue after the last epoch all of them finished",
+              f"command and --resume: they continue after the chief's last finished epoch",
               file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -3,23 +3,27 @@
 Every worker runs the same `train(..., strategy="multi-worker")`, with the
 `TF_CONFIG` TensorFlow documents (the cluster, and this worker's task). The
 chief (task `chief`, or `worker` 0 when the cluster has no chief) writes the
-run directory; the others write theirs to `workertemp_<index>` inside it,
+run directory; the others write theirs to `workertemp_<type>_<index>` inside it,
 as TensorFlow's multi-worker guide does, and delete it when training ends.
 """
 
+import collections
 import json
 import os
+import socket
 import zlib
 
 import tensorflow as tf
 
 TF_CONFIG = "TF_CONFIG"
 
+# This process's task in the cluster; `workers` counts the tasks that train
+# (the chief and the workers).
+WorkerRole = collections.namedtuple("WorkerRole", "task_type index is_chief workers")
+
 
 def worker_role(environ=None):
-    """`(task_type, task_index, is_chief, workers)` from `TF_CONFIG`, checked.
-
-    `workers` counts the tasks that train (the chief and the workers).
+    """This process's `WorkerRole`, from `TF_CONFIG`, checked.
 
     Raises:
         ValueError: If `TF_CONFIG` is unset, not JSON, or lacks the cluster
@@ -43,13 +47,28 @@ def worker_role(environ=None):
     chief = task_type == "chief" or (task_type == "worker" and index == 0
                                       and "chief" not in cluster)
     workers = len(cluster.get("chief", [])) + len(cluster.get("worker", []))
-    return task_type, index, chief, workers
+    return WorkerRole(task_type, index, chief, workers)
+
+
+def loopback_tf_configs(workers):
+    """`TF_CONFIG` values (JSON) for a cluster of `workers` on this machine's free ports.
+
+    For trying multi-worker training on one machine, as the tests and
+    `benchmarks/multi_worker.py` do: start one `s2s-attn train` per value.
+    """
+    sockets = [socket.socket() for _ in range(workers)]
+    for each in sockets:
+        each.bind(("127.0.0.1", 0))
+    hosts = [f"127.0.0.1:{each.getsockname()[1]}" for each in sockets]
+    for each in sockets:
+        each.close()
+    return [json.dumps({"cluster": {"worker": hosts}, "task": {"type": "worker", "index": index}})
+            for index in range(workers)]
 
 
 def worker_run_dir(out, role):
     """Where this worker writes its run directory: `out` on the chief, else a temporary one."""
-    task_type, index, chief, _ = role
-    return out if chief else os.path.join(out, f"workertemp_{task_type}_{index}")
+    return out if role.is_chief else os.path.join(out, f"workertemp_{role.task_type}_{role.index}")
 
 
 def multi_worker_strategy():

@@ -158,7 +158,7 @@ def _signature_functions(translator, stored=None):
             return translator.decode_graph(_name, source_ids, step_limit, **inputs)
 
         core = graph_function(stored.wrap(core) if stored is not None else core,
-                           jit_compile=translator.jit_compile)
+                              jit_compile=translator.jit_compile)
         concrete = core.get_concrete_function(ids, limit,
                                               **{spec.name: spec for spec in specs[1:]})
         functions[name] = (signature(concrete, [spec.name for spec in specs[1:]],

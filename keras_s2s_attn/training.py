@@ -152,7 +152,7 @@ def train(train_data, out, *, valid_data=None, tokenizer="char", source_tokenize
     source_tok, target_tok = _tokenizers(out, config, pairs, resume)
     if role is not None:
         _check_same_vocabularies(distribution, source_tok, target_tok)
-    workers = 1 if role is None else role[3]
+    workers = 1 if role is None else role.workers
     train_ds, valid_ds, stats = _datasets(config, pairs, valid_pairs, source_tok, target_tok,
                                           replicas=distribution.num_replicas_in_sync,
                                           workers=workers)
@@ -167,7 +167,7 @@ def train(train_data, out, *, valid_data=None, tokenizer="char", source_tokenize
                                    distribution))
     summary = _fit(model, train_ds, valid_ds, _callbacks(out, config, checkpoint, callbacks),
                    config, out, stats, verbose)
-    if role is not None and not role[2] and not summary["diverged"]:
+    if role is not None and not role.is_chief and not summary["diverged"]:
         shutil.rmtree(out, ignore_errors=True)  # a worker's own copy, kept only to resume
     return summary
 

@@ -295,9 +295,9 @@ class Translator:
         search = self._searches.get(signature)
         if search is None:
             core = graph_function(functools.partial(self.decode_graph, signature),
-                               jit_compile=self.jit_compile, reduce_retracing=True)
+                                  jit_compile=self.jit_compile, reduce_retracing=True)
             search = graph_function(functools.partial(self.search_graph, core),
-                                 reduce_retracing=True)
+                                    reduce_retracing=True)
             self._searches[signature] = search
         return search
 

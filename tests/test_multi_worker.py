@@ -10,13 +10,13 @@ every worker restarted with `--resume`, costs no epoch twice.
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 
 import pytest
 
 from keras_s2s_attn.callbacks import read_metrics
+from keras_s2s_attn.distributed import loopback_tf_configs
 from keras_s2s_attn.training import train
 from tests.serving_fixtures import write_pairs
 
@@ -24,23 +24,11 @@ TINY = ["--units", "16", "--embedding-dim", "8", "--batch-size", "32", "--dropou
         "--seed", "3", "--no-lr-decay"]
 
 
-def free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
-def start_workers(ports, args_of, log_dir, tag):
-    """One `s2s-attn train` per worker; `args_of(index)` gives its arguments."""
-    cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
+def start_workers(tf_configs, args_of, log_dir, tag):
+    """One `s2s-attn train` per `TF_CONFIG`; `args_of(index)` gives its arguments."""
     workers = []
-    for index in range(len(ports)):
-        config = {"cluster": cluster, "task": {"type": "worker", "index": index}}
-        env = {**os.environ, "TF_CONFIG": json.dumps(config), "TF_CPP_MIN_LOG_LEVEL": "3",
+    for index, tf_config in enumerate(tf_configs):
+        env = {**os.environ, "TF_CONFIG": tf_config, "TF_CPP_MIN_LOG_LEVEL": "3",
                "PYTHONUNBUFFERED": "1"}
         err = open(log_dir / f"{tag}-{index}.err", "w+")
         process = subprocess.Popen(["s2s-attn", "train", *args_of(index)], env=env,
@@ -69,7 +57,7 @@ def losses(run):
 def test_two_workers_train_like_one_process_with_the_global_batch(tmp_path):
     pairs = write_pairs(tmp_path / "pairs.tsv", n=600)
     run = tmp_path / "run"
-    workers = start_workers(free_ports(2), lambda index: [
+    workers = start_workers(loopback_tf_configs(2), lambda index: [
         "--train", pairs, "--out", str(run), "--strategy", "multi-worker", "--epochs", "2",
         *TINY], tmp_path, "train")
     results = finish(workers)
@@ -98,7 +86,7 @@ def test_workers_with_different_vocabularies_stop_with_one_line(tmp_path):
     with open(other, "a", encoding="utf-8") as handle:
         handle.write("xyz\tZYX\n")  # letters the first file lacks
     files = [write_pairs(tmp_path / "pairs.tsv", n=300), other]
-    workers = start_workers(free_ports(2), lambda index: [
+    workers = start_workers(loopback_tf_configs(2), lambda index: [
         "--train", files[index], "--out", str(tmp_path / "run"), "--strategy", "multi-worker",
         "--epochs", "1", *TINY], tmp_path, "vocab")
     for code, out, err in finish(workers):
@@ -128,8 +116,8 @@ def test_a_killed_worker_restarted_with_its_peer_trains_no_epoch_twice(tmp_path)
         return ["--train", pairs, "--out", str(run), "--strategy", "multi-worker",
                 "--epochs", "4", *TINY]
 
-    ports = free_ports(2)
-    workers = start_workers(ports, args, tmp_path, "first")
+    cluster = loopback_tf_configs(2)
+    workers = start_workers(cluster, args, tmp_path, "first")
     deadline = time.time() + 300
     while len(read_metrics(run / "metrics.csv")) < 2:  # epochs 0 and 1 are done
         assert time.time() < deadline and workers[0][0].poll() is None
@@ -142,7 +130,7 @@ def test_a_killed_worker_restarted_with_its_peer_trains_no_epoch_twice(tmp_path)
     done = len(read_metrics(run / "metrics.csv"))
     assert done in (2, 3)  # the kill came in epoch 1's bookkeeping or in epoch 2
 
-    restarted = finish(start_workers(ports, lambda index: [*args(index), "--resume"],
+    restarted = finish(start_workers(cluster, lambda index: [*args(index), "--resume"],
                                      tmp_path, "again"))
     for code, _, err in restarted:
         assert code == 0, err[-3000:]
