@@ -76,6 +76,10 @@ def _add_train(subparsers):
                         help="tokenizer kind for the source side")
     parser.add_argument("--target-tokenizer", choices=TOKENIZER_KINDS,
                         help="tokenizer kind for the target side")
+    for side in ("source", "target"):
+        parser.add_argument(f"--{side}-vocab", metavar="DIR",
+                            help=f"use this tokenizer directory (a run's {side}_vocab/) instead "
+                                 "of building one from --train")
     parser.add_argument("--lower", action="store_true", help="lower-case text")
     parser.add_argument("--no-normalize", action="store_true",
                         help="skip Unicode NFKC normalisation")
@@ -139,6 +143,7 @@ def _train(args):
             summary = train(
                 args.train, args.out, valid_data=args.valid, tokenizer=args.tokenizer,
                 source_tokenizer=args.source_tokenizer, target_tokenizer=args.target_tokenizer,
+                source_vocab=args.source_vocab, target_vocab=args.target_vocab,
                 lower=args.lower, normalization=None if args.no_normalize else "NFKC",
                 max_vocab_size=args.max_vocab_size, min_count=args.min_count,
                 epochs=args.epochs, batch_size=args.batch_size,

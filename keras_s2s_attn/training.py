@@ -71,7 +71,7 @@ def _strategy(name):
 
 
 def train(train_data, out, *, valid_data=None, tokenizer="char", source_tokenizer=None,
-          target_tokenizer=None, lower=False, normalization="NFKC", max_vocab_size=None,
+          target_tokenizer=None, source_vocab=None, target_vocab=None, lower=False, normalization="NFKC", max_vocab_size=None,
           min_count=1, epochs=None, batch_size=64, learning_rate=1e-3, label_smoothing=0.0,
           embedding_dim=ModelOptions.embedding_dim, units=ModelOptions.units,
           encoder_layers=ModelOptions.encoder_layers, decoder_layers=ModelOptions.decoder_layers,
@@ -98,6 +98,10 @@ def train(train_data, out, *, valid_data=None, tokenizer="char", source_tokenize
         tokenizer: Tokenizer kind for both sides (`"char"`, `"word"`,
             `"wordpiece"`, ...), unless `source_tokenizer` / `target_tokenizer`
             name one per side.
+        source_vocab, target_vocab: A tokenizer directory (as a run's
+            `source_vocab/`, written by `Tokenizer.save`) to use as it is
+            instead of building one from `train_data`: runs, or the workers
+            of a multi-worker run, that must share their ids.
         lower, normalization, max_vocab_size, min_count: Tokenizer options.
         epochs: Total epochs, those already done by a resumed run included
             (default 10; a resumed run keeps its recorded total when None).
@@ -216,6 +220,8 @@ def _new_config(out, options):
         "target_tokenizer": options["target_tokenizer"] or options["tokenizer"],
         "tokenizer_options": {name: options[name] for name in (
             "lower", "normalization", "max_vocab_size", "min_count")},
+        "vocabularies": {side: _recorded_path(options[f"{side}_vocab"])
+                         for side in ("source", "target")},
         "epochs": 10 if options["epochs"] is None else options["epochs"],
         **{name: options[name] for name in (
             "batch_size", "learning_rate", "label_smoothing", "max_source_length",
@@ -293,6 +299,11 @@ def _check_config(config):
     _one_of(config["strategy"], STRATEGIES, "strategy")
     for side in ("source", "target"):  # an unadapted tokenizer checks its kind and options
         make_tokenizer(config[f"{side}_tokenizer"], **config["tokenizer_options"])
+        given = (config.get("vocabularies") or {}).get(side)
+        if given is not None and not os.path.isdir(given):
+            raise ValueError(f"`{side}_vocab`: no tokenizer directory at {given!r} "
+                             "(expected one written by Tokenizer.save, as a run's "
+                             f"{side}_vocab/).")
     model = config["model"]
     for name in ("embedding_dim", "units", "encoder_layers", "decoder_layers"):
         positive_int(model[name], name)
@@ -323,13 +334,17 @@ def _read_data(config, train_data, valid_data):
 
 
 def _tokenizers(out, config, pairs, resume):
-    """The source and target tokenizers: a resumed run's own, else adapted to `pairs`."""
+    """The source and target tokenizers: a resumed run's own, those given
+    (`source_vocab`, `target_vocab`), else adapted to `pairs`."""
     if resume:
         return (load_tokenizer(os.path.join(out, SOURCE_VOCAB)),
                 load_tokenizer(os.path.join(out, TARGET_VOCAB)))
+    given = config.get("vocabularies") or {}
     options = config["tokenizer_options"]
-    return (make_tokenizer(config["source_tokenizer"], **options).adapt(pairs[0]),
-            make_tokenizer(config["target_tokenizer"], **options).adapt(pairs[1]))
+    return tuple(
+        load_tokenizer(given[side]) if given.get(side) else
+        make_tokenizer(config[f"{side}_tokenizer"], **options).adapt(texts)
+        for side, texts in zip(("source", "target"), pairs))
 
 
 def _datasets(config, pairs, valid_pairs, source_tok, target_tok, replicas, workers=1):

@@ -242,12 +242,27 @@ def test_early_stopping_ends_with_the_best_weights(tmp_path):
     ({"strategy": "tpu"}, "strategy='tpu'"),
     ({"tokenizer": "bytes"}, "tokenizer `kind` 'bytes'"),
     ({"min_count": 0}, "min_count"),
+    ({"target_vocab": "no/such/dir"}, "`target_vocab`: no tokenizer directory at"),
 ])
 def test_bad_options_are_refused_before_any_data_is_read(tmp_path, option, message):
     # The pairs file does not exist: reading it first would raise FileNotFoundError.
     with pytest.raises(ValueError, match=message):
         train(str(tmp_path / "missing.tsv"), tmp_path / "run", **option)
     assert not (tmp_path / "run").exists()
+
+
+def test_given_vocabularies_are_used_as_they_are(tmp_path):
+    train(write_pairs(tmp_path / "a.tsv", n=200), tmp_path / "a", epochs=1, **TINY)
+    few = tmp_path / "b.tsv"  # two letters: built from it, each vocabulary would have 4 + 2
+    few.write_text("ab\tBA\nba\tAB\n" * 50, encoding="utf-8")
+    given = {f"{side}_vocab": tmp_path / "a" / f"{side}_vocab" for side in ("source", "target")}
+    train(str(few), tmp_path / "b", epochs=1, **given, **TINY)
+    for side in ("source", "target"):
+        vocab = f"{side}_vocab/vocab.txt"
+        assert (tmp_path / "b" / vocab).read_text() == (tmp_path / "a" / vocab).read_text()
+    config = json.loads((tmp_path / "b" / "config.json").read_text())
+    assert config["vocabularies"]["target"] == str(tmp_path / "a" / "target_vocab")
+    assert config["source_vocab_size"] == 4 + 8
 
 
 def test_cli_refuses_a_bad_option_in_one_line(tmp_path, capsys):
