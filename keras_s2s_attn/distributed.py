@@ -82,11 +82,10 @@ def vocabulary_fingerprint(*tokenizers):
     return zlib.crc32(text.encode("utf-8"))
 
 
-def gather_from_workers(distribution, values):
-    """Every worker's `values` (a list of ints), one row per worker, in task order."""
-    local = tf.constant([values], tf.int64)
-    gathered = distribution.gather(distribution.run(lambda: tf.identity(local)), axis=0)
-    return gathered.numpy().tolist()
+def gather_from_workers(distribution, row):
+    """Every worker's 1-D tensor `row`, as a `(workers, len(row))` tensor in task order
+    (row 0 is the chief's)."""
+    return distribution.gather(distribution.run(lambda: row[tf.newaxis]), axis=0)
 
 
 def chief_state_sync(distribution):
@@ -104,7 +103,7 @@ def chief_state_sync(distribution):
         variables = list(model.weights) + (list(optimizer.variables) if optimizer else [])
         flat = tf.concat([tf.reshape(tf.cast(v, tf.float64), [-1]) for v in variables]
                          + [tf.constant([epoch], tf.float64)], axis=0)
-        chief = distribution.gather(distribution.run(lambda: flat[tf.newaxis]), axis=0)[0]
+        chief = gather_from_workers(distribution, flat)[0]
         offset = 0
         for variable in variables:
             size = int(tf.size(variable))

@@ -71,8 +71,9 @@ def _strategy(name):
 
 
 def train(train_data, out, *, valid_data=None, tokenizer="char", source_tokenizer=None,
-          target_tokenizer=None, source_vocab=None, target_vocab=None, lower=False, normalization="NFKC", max_vocab_size=None,
-          min_count=1, epochs=None, batch_size=64, learning_rate=1e-3, label_smoothing=0.0,
+          target_tokenizer=None, source_vocab=None, target_vocab=None, lower=False,
+          normalization="NFKC", max_vocab_size=None, min_count=1, epochs=None, batch_size=64,
+          learning_rate=1e-3, label_smoothing=0.0,
           embedding_dim=ModelOptions.embedding_dim, units=ModelOptions.units,
           encoder_layers=ModelOptions.encoder_layers, decoder_layers=ModelOptions.decoder_layers,
           cell_type=ModelOptions.cell_type, attention=ModelOptions.attention,
@@ -195,8 +196,9 @@ def _open_run(options):
 
 def _check_same_vocabularies(distribution, source_tok, target_tok):
     """Stops every worker, saying why, unless all of them tokenise alike."""
-    fingerprint = distributed.vocabulary_fingerprint(source_tok, target_tok)
-    if len({row[0] for row in distributed.gather_from_workers(distribution, [fingerprint])}) > 1:
+    fingerprint = tf.constant([distributed.vocabulary_fingerprint(source_tok, target_tok)],
+                              tf.int64)
+    if len(set(distributed.gather_from_workers(distribution, fingerprint)[:, 0].numpy())) > 1:
         raise ValueError("The workers built different vocabularies (a different --train file, "
                          "or tokenizer options, on some worker): give every worker the same "
                          "pairs and options.")
