@@ -58,6 +58,24 @@ def run_python(backend, *args, timeout=600):
     return done.stdout
 
 
+def run_cli(capsys, *args):
+    """`s2s-attn ARGS...` as `cli.main` in this process: `(exit code, stdout, stderr)`.
+
+    The same argument parsing, handlers and exit codes as the installed command,
+    without a TensorFlow start-up (~7 s) per call. Subprocesses stay where the
+    process itself is under test: signals, start-up, test_cli and test_main_job.
+    """
+    from keras_s2s_attn import cli
+
+    capsys.readouterr()
+    try:
+        code = cli.main([str(arg) for arg in args])
+    except SystemExit as exit:  # argparse's usage errors
+        code = exit.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
 def tensorflow_only(reason):
     """Marks a test of an agnostic file that checks something TensorFlow-specific."""
     return pytest.mark.skipif(BACKEND != "tensorflow", reason=f"TensorFlow backend only: {reason}")
@@ -81,6 +99,17 @@ def pytest_collection_modifyitems(items):
 def _seed():
     keras.utils.set_random_seed(1234)
     yield
+
+
+def build_optimizer(model):
+    """Makes the compiled `model`'s optimizer variables now, as `train()`'s RunCheckpoint does.
+
+    Keras' TensorFlow trainer otherwise makes them inside the first traced
+    training step, and `tf.function` then traces that step a second time (one
+    that creates no variables): ~5 s more per model here, for nothing.
+    """
+    model.optimizer.build(model.trainable_variables)
+    return model
 
 
 def reversal_test_set():
@@ -108,31 +137,44 @@ def train_reversal(attention, epochs=3):
                                                   alpha=0.05)
     model.compile(keras.optimizers.Adam(rate, clipnorm=1.0),
                   loss=MaskedSparseCategoricalCrossentropy(), metrics=[MaskedAccuracy()])
+    build_optimizer(model)
     # Arrays, not tf.data: the same input path on every backend (Keras shuffles each epoch).
     model.fit(inputs, labels, batch_size=batch_size, epochs=epochs, verbose=0, shuffle=True)
     return model, test_set
 
 
-@pytest.fixture(scope="session")
-def reversal_model(tmp_path_factory):
-    """Trained once per test run and shared by the learning and decoding tests.
+def shared_by_workers(tmp_path_factory, name, make):
+    """`make(directory)`'s result, computed once per test run for all pytest-xdist workers.
 
-    The pytest-xdist workers of a run share it through a `.keras` file in
-    their common temporary directory: the first worker to need it trains it
-    (under a lock), the others load it.
+    The first worker to ask makes it into `directory` (under a lock) and the
+    others wait and reuse it: `make` must return the same thing when
+    `directory` already holds its files (it is called then too, to load them).
+    Without xdist, `directory` is this process's own.
     """
     run = os.environ.get("PYTEST_XDIST_TESTRUNUID")  # the same in every worker of a run
     if run is None:
-        return train_reversal("additive")
+        return make(tmp_path_factory.mktemp(name))
     shared = tmp_path_factory.getbasetemp().parent
-    with open(shared / f"reversal-{run}.lock", "w") as lock:
+    with open(shared / f"{name}-{run}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        path = shared / f"reversal-{run}.keras"
+        directory = shared / f"{name}-{run}"
+        directory.mkdir(exist_ok=True)
+        return make(directory)
+
+
+@pytest.fixture(scope="session")
+def reversal_model(tmp_path_factory):
+    """Trained once per test run and shared by the learning and decoding tests
+    (and by the pytest-xdist workers, through a `.keras` file)."""
+    def make(directory):
+        path = directory / "reversal.keras"
         if path.exists():
             return keras.saving.load_model(path), reversal_test_set()
         model, test_set = train_reversal("additive")
         model.save(path)
         return model, test_set
+
+    return shared_by_workers(tmp_path_factory, "reversal", make)
 
 
 if BACKEND == "tensorflow":

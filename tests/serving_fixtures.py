@@ -33,13 +33,22 @@ def write_pairs(path, n=800, seed=0):
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
-    """A run directory whose graph needs no tensorflow-text op (normalization=None)."""
-    root = tmp_path_factory.mktemp("tiny_run")
-    run_dir = os.path.join(root, "run")
-    train(write_pairs(root / "pairs.tsv"), run_dir, epochs=8, units=32, embedding_dim=16,
-          batch_size=32, dropout=0.0, learning_rate=0.01, normalization=None,
-          max_source_length=12, verbose=0)
-    return run_dir
+    """A run directory whose graph needs no tensorflow-text op (normalization=None).
+
+    Trained once per test run, for every pytest-xdist worker: tests read it and
+    never write into it (they copy it first).
+    """
+    from tests.conftest import shared_by_workers
+
+    def make(root):
+        run_dir = os.path.join(root, "run")
+        if not os.path.exists(os.path.join(run_dir, "model.keras")):
+            train(write_pairs(root / "pairs.tsv"), run_dir, epochs=8, units=32,
+                  embedding_dim=16, batch_size=32, dropout=0.0, learning_rate=0.01,
+                  normalization=None, max_source_length=12, verbose=0)
+        return run_dir
+
+    return shared_by_workers(tmp_path_factory, "tiny_run", make)
 
 
 def http_json(url, data=None, headers=None, method=None, timeout=60):

@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_s2s_attn import cli, export, quantization, saved_models
+from keras_s2s_attn import export, quantization, saved_models
 from keras_s2s_attn.runs import load_run
 from keras_s2s_attn.text import make_tokenizer
 from keras_s2s_attn.translation import OUTPUT_NAMES, Translator
+from tests.conftest import run_cli
 from tests.reference import stored_like_the_export
 from tests.serving_fixtures import INVALID_UTF8, MIXED_TEXTS, SIGNATURES, export_strategies
 
@@ -26,32 +27,38 @@ def env():
     return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
 
 
-def run_in_fresh_python(version_dir, signature, texts, extra_import="", inputs=None):
-    """Loads the SavedModel in a new interpreter that imports only TensorFlow.
+def fresh_answers(calls, extra_import=""):
+    """Makes each `(version_dir, signature, texts, inputs)` call in one new interpreter
+    that imports only TensorFlow (and `extra_import`); their answers, in order.
 
-    The signature's scalar inputs (sampling's) are `inputs`, else the export's defaults.
+    A call's scalar inputs (sampling's) are `inputs`, else the export's defaults.
     """
-    if inputs is None:
-        info = saved_models.read_export_info(version_dir)
-        inputs = info.get("signatures", {}).get(signature, {}).get("inputs", {})
+    calls = [(path, signature, [t.hex() for t in texts],
+              saved_models.read_export_info(path).get("signatures", {}).get(
+                  signature, {}).get("inputs", {}) if inputs is None else inputs)
+             for path, signature, texts, inputs in calls]
     script = textwrap.dedent(f"""
         import json, sys
         import tensorflow as tf
         {extra_import}
-        texts = [bytes.fromhex(h) for h in json.load(sys.stdin)]
-        model = tf.saved_model.load({version_dir!r})
-        function = model.signatures[{signature!r}]
-        specs = function.structured_input_signature[1]
-        inputs = {{name: tf.constant(value, specs[name].dtype)
-                  for name, value in {inputs!r}.items()}}
-        out = function(text=tf.constant(texts, tf.string), **inputs)
+        models, answers = {{}}, []
+        for path, signature, texts, inputs in json.load(sys.stdin):
+            if path not in models:
+                models[path] = tf.saved_model.load(path)
+            function = models[path].signatures[signature]
+            specs = function.structured_input_signature[1]
+            out = function(text=tf.constant([bytes.fromhex(h) for h in texts], tf.string),
+                           **{{name: tf.constant(value, specs[name].dtype)
+                              for name, value in inputs.items()}})
+            answers.append({{"outputs": {{
+                k: (v.numpy().astype(str).tolist() if v.dtype == tf.string
+                    else v.numpy().tolist()) for k, v in out.items()}}}})
         assert not any(name.startswith("keras_s2s_attn") for name in sys.modules)
-        print(json.dumps({{"tf_text": "tensorflow_text" in sys.modules, "outputs": {{
-            k: (v.numpy().astype(str).tolist() if v.dtype == tf.string else v.numpy().tolist())
-            for k, v in out.items()}}}}))
+        tf_text = "tensorflow_text" in sys.modules
+        print(json.dumps([{{**answer, "tf_text": tf_text}} for answer in answers]))
     """)
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                            env=env(), timeout=300, input=json.dumps([t.hex() for t in texts]))
+                            env=env(), timeout=300, input=json.dumps(calls))
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -138,18 +145,9 @@ def test_int4_packing_round_trips_through_the_graph():
         assert np.abs(unpacked.numpy() - weight).max() <= np.abs(weight).max() / 14 * 1.01
 
 
-@pytest.mark.parametrize("dtype, share", [("float16", 0.55), ("int8", 0.35), ("int4", 0.3)])
-def test_small_weights_shrink_the_variables_and_compute_like_the_rounded_model(
-        exported, tiny_run, tmp_path, dtype, share):
-    path = export.export_saved_model(tiny_run, tmp_path / dtype, strategies=export_strategies(),
-                                     weights_dtype=dtype)
-    reader = tf.train.load_checkpoint(os.path.join(path, "variables", "variables"))
-    dtypes = reader.get_variable_to_dtype_map()
-    shapes = {key: shape for key, shape in reader.get_variable_to_shape_map().items()
-              if dtypes[key] != tf.string}
-    model, source_tokenizer, target_tokenizer, config = load_run(tiny_run)
-    weights = model.get_weights()
-    stored = sorted((dtypes[key].name, int(np.prod(shape))) for key, shape in shapes.items())
+def expected_storage(weights, dtype):
+    """Sorted `(dtype name, size)` of the variables an export with `weights_dtype=dtype`
+    stores for `weights`."""
     if dtype == "float16":
         expected = [("float16", w.size) for w in weights]
     elif dtype == "int8":  # int8 matrices with a float32 scale per column; float16 vectors
@@ -167,22 +165,42 @@ def test_small_weights_shrink_the_variables_and_compute_like_the_rounded_model(
             else:
                 expected.append(("float16", w.size))
         assert any(name == "uint8" for name, _ in expected)
-    assert stored == sorted(expected)
+    return sorted(expected)
 
+
+def test_small_weights_shrink_the_variables_and_compute_like_the_rounded_model(
+        exported, tiny_run, tmp_path):
+    """Each `weights_dtype` on the trained run (tests/test_model_matrix.py crosses them
+    with every score, style and cell on barely trained models)."""
     def data_bytes(version_dir):
         folder = os.path.join(version_dir, "variables")
         return sum(os.path.getsize(os.path.join(folder, name)) for name in os.listdir(folder))
 
-    assert data_bytes(path) < share * data_bytes(exported[1])
-    # The graph computes in float32 from the stored weights: exactly what the
-    # Python model does once its weights are rounded the same way.
-    model.set_weights([stored_like_the_export(w, dtype) for w in weights])
-    translator = Translator(model, source_tokenizer, target_tokenizer,
-                            strategies=export_strategies(),
+    model, source_tokenizer, target_tokenizer, config = load_run(tiny_run)
+    weights = model.get_weights()
+    strategies = dict(list(export_strategies().items())[:2])  # greedy and beam
+    # Python's model reads the weights when it runs: one translator for every dtype.
+    translator = Translator(model, source_tokenizer, target_tokenizer, strategies=strategies,
                             max_source_length=config["max_source_length"])
-    for signature in SIGNATURES[:2]:  # how weights are stored is the same for every search
-        assert_same(run_in_fresh_python(path, signature, as_bytes(TEXTS)),
-                    translator(TEXTS, signature))
+    paths, local = {}, []
+    for dtype, share in (("float16", 0.55), ("int8", 0.35), ("int4", 0.3)):
+        path = paths[dtype] = export.export_saved_model(
+            tiny_run, tmp_path / dtype, strategies=strategies, weights_dtype=dtype)
+        reader = tf.train.load_checkpoint(os.path.join(path, "variables", "variables"))
+        dtypes = reader.get_variable_to_dtype_map()
+        stored = sorted((dtypes[key].name, int(np.prod(shape)))
+                        for key, shape in reader.get_variable_to_shape_map().items()
+                        if dtypes[key] != tf.string)
+        assert stored == expected_storage(weights, dtype), dtype
+        assert data_bytes(path) < share * data_bytes(exported[1]), dtype
+        # The graph computes in float32 from the stored weights: exactly what the
+        # Python model does once its weights are rounded the same way.
+        model.set_weights([stored_like_the_export(w, dtype) for w in weights])
+        local += [translator(TEXTS, name) for name in strategies]
+    fresh = fresh_answers([(path, name, as_bytes(TEXTS), None)
+                           for path in paths.values() for name in strategies])
+    for answer, expected in zip(fresh, local, strict=True):
+        assert_same(answer, expected)
 
 
 def test_unknown_weights_dtype_is_refused(tiny_run, tmp_path):
@@ -194,8 +212,12 @@ def test_unknown_weights_dtype_is_refused(tiny_run, tmp_path):
 def test_fresh_process_equals_python_greedy_beam_and_sample(exported, tiny_run):
     _, path = exported
     translator = Translator.from_run(tiny_run, strategies=export_strategies())
-    for signature in reversed(SIGNATURES):  # serving_default last: checked below
-        fresh = run_in_fresh_python(path, signature, as_bytes(TEXTS))
+    # Request inputs override the export's defaults: another seed, other samples.
+    reseed = {"temperature": 2.0, "top_k": 0, "top_p": 1.0, "seed": 6}
+    *answers, reseeded = fresh_answers(
+        [(path, signature, as_bytes(TEXTS), None) for signature in reversed(SIGNATURES)]
+        + [(path, "sample", as_bytes(TEXTS[:8]), reseed)])
+    for signature, fresh in zip(reversed(SIGNATURES), answers):  # serving_default last
         assert fresh["tf_text"] is False  # a core-ops-only graph
         local = translator(TEXTS, signature)
         assert_same(fresh, local)
@@ -203,10 +225,6 @@ def test_fresh_process_equals_python_greedy_beam_and_sample(exported, tiny_run):
             assert np.shape(fresh["outputs"]["translations"]) == (len(TEXTS), 3)
             assert fresh["outputs"]["translation"] == [
                 row[0] for row in fresh["outputs"]["translations"]]
-    # Request inputs override the export's defaults: another seed, other samples.
-    reseeded = run_in_fresh_python(path, "sample", as_bytes(TEXTS[:8]),
-                                   inputs={"temperature": 2.0, "top_k": 0, "top_p": 1.0,
-                                           "seed": 6})
     assert_same(reseeded, translator(TEXTS[:8], "sample", temperature=2.0, seed=6))
     # The model really translates, and bad inputs give sensible rows.
     outputs = fresh["outputs"]
@@ -251,8 +269,8 @@ def test_nfkc_and_lower_casing_run_in_the_graph_with_tensorflow_text_only(tiny_r
     path = export.export_saved_model(model, tmp_path / "nfkc", source_tokenizer=nfkc_source,
                                      target_tokenizer=nfkc_target, max_source_length=12)
     texts = ["ａｂｃ", "abc", "ABC", "Ａｂｃ", "ﬁ"]  # full-width and ligature forms normalise
-    fresh = run_in_fresh_python(path, "serving_default", as_bytes(texts),
-                                extra_import="import tensorflow_text")
+    fresh, = fresh_answers([(path, "serving_default", as_bytes(texts), None)],
+                           extra_import="import tensorflow_text")
     assert fresh["outputs"]["translation"][:4] == ["CBA"] * 4
     assert fresh["outputs"]["unknown_tokens"][:4] == [0] * 4
     # The export records its tokenizers for tools that need the model's units.
@@ -311,18 +329,6 @@ def test_killed_export_leaves_no_version_behind(tiny_run, tmp_path):
     # The next export clears the dead process's leftovers and writes version 1.
     assert export.export_saved_model(tiny_run, base).endswith(os.sep + "1")
     assert os.listdir(base) == ["1"]
-
-
-def run_cli(capsys, *args):
-    """`s2s-attn ARGS...` as `cli.main` in this process: `(exit code, stdout, stderr)`.
-
-    The same argument parsing, handlers and exit codes as the installed command
-    (test_main_job and test_cli start that one), without a TensorFlow start-up per call.
-    """
-    capsys.readouterr()
-    code = cli.main(list(args))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def test_cli_export_and_translate(tiny_run, tmp_path, capsys):
@@ -422,20 +428,20 @@ def perturbed_copy(run_dir, destination, seed):
     return str(destination)
 
 
-def test_ensemble_export_equals_python_ensemble(tiny_run, tmp_path):
+def test_ensemble_export_equals_python_ensemble(tiny_run, tmp_path, capsys):
     other = perturbed_copy(tiny_run, tmp_path / "other_run", seed=0)
-    result = subprocess.run(["s2s-attn", "export", tiny_run, other, "--name", "ens",
+    code, out, err = run_cli(capsys, "export", tiny_run, other, "--name", "ens",
                              "--export-dir", str(tmp_path), "--beam-width", "3",
-                             "--length-penalty", "0"],
-                            capture_output=True, text=True, env=env(), timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    path = result.stdout.strip().splitlines()[-1]
+                             "--length-penalty", "0")
+    assert code == 0, err[-3000:]
+    path = out.strip().splitlines()[-1]
     assert saved_models.read_export_info(path)["ensemble_size"] == 2
     translator = Translator.from_run([tiny_run, other], strategies=export_strategies(
         num_samples=1, seed=-1))
-    for signature in SIGNATURES[:2]:
-        local = translator(TEXTS, signature)
-        assert_same(run_in_fresh_python(path, signature, as_bytes(TEXTS)), local)
+    fresh = fresh_answers([(path, signature, as_bytes(TEXTS), None)
+                           for signature in SIGNATURES[:2]])
+    for signature, answer in zip(SIGNATURES[:2], fresh):
+        assert_same(answer, translator(TEXTS, signature))
     # Neither member alone scores like the ensemble.
     ensemble_scores = translator(TEXTS)["score"]
     for member in (tiny_run, other):
@@ -479,10 +485,11 @@ def test_jit_export_answers_as_the_plain_model_in_a_fresh_process(tiny_run, tmp_
     plain = Translator.from_run(tiny_run, strategies=export_strategies())
     jit = Translator.from_run(tiny_run, strategies=export_strategies(), jit_compile=True)
     # Odd batch sizes: padded to their buckets (5 rows to 8, 63 to 64), then cut back.
-    for signature in ("serving_default", "beam_search"):
+    signatures = ("serving_default", "beam_search")
+    fresh = fresh_answers([(path, name, as_bytes(TEXTS[1:]), None) for name in signatures])
+    for signature, answer in zip(signatures, fresh):
         local = plain(TEXTS[:5], signature)
         assert_same({"outputs": {name: value.astype(str).tolist()
                                  if value.dtype == object else value.tolist()
                                  for name, value in jit(TEXTS[:5], signature).items()}}, local)
-        assert_same(run_in_fresh_python(path, signature, as_bytes(TEXTS[1:])),
-                    plain(TEXTS[1:], signature))
+        assert_same(answer, plain(TEXTS[1:], signature))

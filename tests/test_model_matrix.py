@@ -30,6 +30,7 @@ import pytest
 
 from keras_s2s_attn import build_seq2seq_model
 from tests import model_matrix
+from tests.conftest import run_cli
 from tests.serving_fixtures import ServeProcess, write_pairs
 from tests.model_matrix import FACTORS, TEXTS, combination, model_options, refusal
 
@@ -236,15 +237,12 @@ def test_full_matrix(tmp_path):
     check_matrix(combos, tmp_path, workers)
 
 
-def s2s(*args):
-    """Runs the `s2s-attn` command; (returncode, stdout, stderr)."""
-    result = subprocess.run(["s2s-attn", *args], capture_output=True, text=True, timeout=600,
-                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
-    return result.returncode, result.stdout, result.stderr
+def test_attention_none_trains_exports_serves_and_translates(tmp_path, capsys):
+    """The plain encoder-decoder goes the whole way through the command line
+    (`cli.main` in this process, the server in its own)."""
+    def s2s(*args):
+        return run_cli(capsys, *args)
 
-
-def test_attention_none_trains_exports_serves_and_translates(tmp_path):
-    """The plain encoder-decoder goes the whole way through the command line."""
     pairs = write_pairs(tmp_path / "pairs.tsv", n=400)
     code, _, err = s2s("train", "--train", pairs, "--out", str(tmp_path / "run"),
                        "--attention", "none", "--units", "32", "--embedding-dim", "16",

@@ -12,6 +12,7 @@ from keras_s2s_attn import (
     build_seq2seq_model,
 )
 from keras_s2s_attn.synthetic import reversal_task
+from tests.conftest import build_optimizer
 
 VOCAB = 16
 
@@ -55,7 +56,7 @@ def small_model(**kwargs):
 def compiled(model):
     model.compile(keras.optimizers.Adam(1e-2), loss=MaskedSparseCategoricalCrossentropy(),
                   metrics=[MaskedAccuracy()])
-    return model
+    return build_optimizer(model)
 
 
 def dataset(n=128, seed=0):

@@ -1,7 +1,8 @@
 """Tests of `s2s-attn train` and `training.train`.
 
-Subprocesses where the command line itself is under test (exit codes,
-stdout/stderr, signals); `train()` in-process for the rest.
+Subprocesses where the process itself is under test (signals, a kill);
+`cli.main` in-process for the command line's exit codes and output, and
+`train()` in-process for the rest.
 """
 
 import json
@@ -19,6 +20,7 @@ import pytest
 from keras_s2s_attn import cli
 from keras_s2s_attn.callbacks import read_metrics, saved_epoch
 from keras_s2s_attn.training import train
+from tests.conftest import run_cli
 from tests.serving_fixtures import write_pairs
 
 SMALL = ["--units", "32", "--embedding-dim", "16", "--batch-size", "32", "--dropout", "0"]
@@ -30,18 +32,13 @@ def env():
     return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
 
 
-def s2s(*args, timeout=300):
-    return subprocess.run(["s2s-attn", *args], capture_output=True, text=True, env=env(),
-                          timeout=timeout)
-
-
-def test_train_writes_a_complete_run_directory(tmp_path):
+def test_train_writes_a_complete_run_directory(tmp_path, capsys):
     pairs = write_pairs(tmp_path / "pairs.tsv")
     run = tmp_path / "runs" / "demo"
-    result = s2s("train", "--train", pairs, "--tokenizer", "char", "--out", str(run),
-                 "--epochs", "4", *SMALL, "--learning-rate", "0.01", "--encoder-layers", "2",
-                 "--early-stopping", "3")
-    assert result.returncode == 0, result.stderr[-3000:]
+    code, out, err = run_cli(capsys, "train", "--train", pairs, "--tokenizer", "char",
+                             "--out", run, "--epochs", "4", *SMALL, "--learning-rate", "0.01",
+                             "--encoder-layers", "2", "--early-stopping", "3")
+    assert code == 0, err[-3000:]
     for name in ("config.json", "best.keras", "model.keras", "metrics.csv",
                  "source_vocab", "target_vocab", "logs"):
         assert (run / name).exists(), name
@@ -57,18 +54,19 @@ def test_train_writes_a_complete_run_directory(tmp_path):
     val_losses = [float(r["val_loss"]) for r in rows]
     assert val_losses[-1] < 0.8 * val_losses[0], val_losses
     # stdout is the JSON summary alone (`train ... > summary.json`); progress is on stderr.
-    summary = json.loads(result.stdout)
+    summary = json.loads(out)
     assert summary["epochs_trained"] == 4 and summary["diverged"] is False
     assert summary["val_loss"] == pytest.approx(min(val_losses))
-    assert "Epoch 4/4" in result.stderr and "val token accuracy" in result.stderr
+    assert "Epoch 4/4" in err and "val token accuracy" in err
     # Keras is told the number of batches: no "Unknown" first-epoch bar, no warning.
-    assert "Unknown" not in result.stderr and "ran out of data" not in result.stderr
+    assert "Unknown" not in err and "ran out of data" not in err
     # A second run into the same directory is refused, not overwritten.
-    again = s2s("train", "--train", pairs, "--out", str(run), "--epochs", "1", *SMALL)
-    assert again.returncode == 2 and "already holds a run" in again.stderr
+    code, _, err = run_cli(capsys, "train", "--train", pairs, "--out", run, "--epochs", "1",
+                           *SMALL)
+    assert code == 2 and "already holds a run" in err
 
 
-def test_resume_after_sigkill_trains_each_epoch_exactly_once(tmp_path):
+def test_resume_after_sigkill_trains_each_epoch_exactly_once(tmp_path, capsys):
     pairs = write_pairs(tmp_path / "pairs.tsv", n=1500)
     run = tmp_path / "run"
     epochs = 5
@@ -87,11 +85,11 @@ def test_resume_after_sigkill_trains_each_epoch_exactly_once(tmp_path):
     assert 1 <= done_before < epochs
     assert not (run / "model.keras").exists()
 
-    result = s2s("train", "--out", str(run), "--resume", timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    code, out, err = run_cli(capsys, "train", "--out", run, "--resume")
+    assert code == 0, err[-3000:]
     rows = read_metrics(run / "metrics.csv")
     assert [int(r["epoch"]) for r in rows] == list(range(epochs))
-    assert json.loads(result.stdout)["epochs_trained"] == epochs
+    assert json.loads(out)["epochs_trained"] == epochs
     assert (run / "model.keras").exists()
 
 
@@ -118,15 +116,17 @@ def test_mirrored_strategy_on_two_logical_cpus(tmp_path):
     assert (tmp_path / "run" / "model.keras").exists()
 
 
-def test_cli_errors_are_clear(tmp_path):
-    missing = s2s("train", "--train", str(tmp_path / "nope.tsv"), "--out", str(tmp_path / "r"))
-    assert missing.returncode == 2 and "nope.tsv" in missing.stderr
+def test_cli_errors_are_clear(tmp_path, capsys):
+    code, _, err = run_cli(capsys, "train", "--train", tmp_path / "nope.tsv", "--out",
+                           tmp_path / "r")
+    assert code == 2 and "nope.tsv" in err
     bad = tmp_path / "bad.tsv"
     bad.write_text("a\tb\nbroken line\n", encoding="utf-8")
-    malformed = s2s("train", "--train", str(bad), "--out", str(tmp_path / "r2"))
-    assert malformed.returncode == 2 and f"{bad}:2:" in malformed.stderr
-    no_run = s2s("train", "--out", str(tmp_path / "r3"), "--resume")
-    assert no_run.returncode == 2 and "Cannot resume" in no_run.stderr
+    code, _, err = run_cli(capsys, "train", "--train", bad, "--out", tmp_path / "r2")
+    assert code == 2 and f"{bad}:2:" in err
+    code, _, err = run_cli(capsys, "train", "--out", tmp_path / "r3", "--resume")
+    assert code == 2 and "Cannot resume" in err
+    assert "Traceback" not in err
 
 
 def test_diverging_run_stops_and_keeps_the_last_good_model(tmp_path):
