@@ -46,6 +46,21 @@ def _replace_atomically(path, write):
     os.replace(temporary, path)
 
 
+def build_optimizer(model):
+    """Makes the compiled `model`'s optimizer variables now, if it has an optimizer
+    without them; returns `model`.
+
+    Needed before loading or assigning optimizer state. Before `fit` it also
+    saves a trace: Keras' TensorFlow trainer otherwise makes the variables
+    inside the first traced training step, and `tf.function` then traces that
+    step a second time, one that creates no variables.
+    """
+    optimizer = model.optimizer
+    if optimizer is not None and not optimizer.built:
+        optimizer.build(model.trainable_variables)
+    return model
+
+
 class RunCheckpoint(keras.callbacks.Callback):
     """Per-epoch bookkeeping of a run directory that survives being killed.
 
@@ -112,9 +127,7 @@ class RunCheckpoint(keras.callbacks.Callback):
         state_dir = _state_dir(self.run_dir)
         if state_dir is None:
             return 0
-        optimizer = self.model.optimizer
-        if optimizer is not None and not optimizer.built:
-            optimizer.build(self.model.trainable_variables)  # its variables are in the file
+        build_optimizer(self.model)  # its variables are in the file
         self.model.load_weights(os.path.join(state_dir, "state.weights.h5"))
         with open(os.path.join(state_dir, "state.json")) as handle:
             return json.load(handle)["epoch"]

@@ -15,6 +15,8 @@ import zlib
 
 import tensorflow as tf
 
+from keras_s2s_attn.callbacks import build_optimizer
+
 TF_CONFIG = "TF_CONFIG"
 
 # This process's task in the cluster; `workers` counts the tasks that train
@@ -97,9 +99,7 @@ def chief_state_sync(distribution):
     """
 
     def sync(model, epoch):
-        optimizer = model.optimizer
-        if optimizer is not None and not optimizer.built:
-            optimizer.build(model.trainable_variables)
+        optimizer = build_optimizer(model).optimizer
         variables = list(model.weights) + (list(optimizer.variables) if optimizer else [])
         flat = tf.concat([tf.reshape(tf.cast(v, tf.float64), [-1]) for v in variables]
                          + [tf.constant([epoch], tf.float64)], axis=0)

@@ -201,3 +201,11 @@ def export_strategies(beam_width=3, num_samples=3, seed=5):
 
 
 SIGNATURES = ("serving_default", "beam_search", "sample")
+
+
+def greedy_only():
+    """Strategies for tests of versions and reloads, not of the searches: each other
+    signature costs a trace and a save (~2 s each for the tiny run)."""
+    from keras_s2s_attn.decoding import GreedySearch
+
+    return {"serving_default": GreedySearch()}

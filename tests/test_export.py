@@ -13,13 +13,13 @@ import pytest
 import tensorflow as tf
 
 from keras_s2s_attn import export, quantization, saved_models
-from keras_s2s_attn.decoding import GreedySearch
 from keras_s2s_attn.runs import load_run
 from keras_s2s_attn.text import make_tokenizer
 from keras_s2s_attn.translation import OUTPUT_NAMES, Translator
 from tests.conftest import run_cli
 from tests.reference import stored_like_the_export
-from tests.serving_fixtures import INVALID_UTF8, MIXED_TEXTS, SIGNATURES, export_strategies
+from tests.serving_fixtures import (INVALID_UTF8, MIXED_TEXTS, SIGNATURES, export_strategies,
+                                    greedy_only)
 
 TEXTS = MIXED_TEXTS[:63] + [INVALID_UTF8]  # 64 mixed-length inputs, bad ones included
 
@@ -269,7 +269,7 @@ def test_nfkc_and_lower_casing_run_in_the_graph_with_tensorflow_text_only(tiny_r
     nfkc_target = make_tokenizer("char", vocabulary=target.vocabulary)
     path = export.export_saved_model(model, tmp_path / "nfkc", source_tokenizer=nfkc_source,
                                      target_tokenizer=nfkc_target, max_source_length=12,
-                                     strategies={"serving_default": GreedySearch()})
+                                     strategies=greedy_only())
     texts = ["ａｂｃ", "abc", "ABC", "Ａｂｃ", "ﬁ"]  # full-width and ligature forms normalise
     fresh, = fresh_answers([(path, "serving_default", as_bytes(texts), None)],
                            extra_import="import tensorflow_text")
@@ -300,8 +300,7 @@ def test_versions_count_up_and_never_overwrite(tiny_run, tmp_path):
     base = tmp_path / "m"
 
     def export_greedy(run, **options):  # versions are the same for any signatures
-        return export.export_saved_model(run, base, strategies={"serving_default":
-                                                                GreedySearch()}, **options)
+        return export.export_saved_model(run, base, strategies=greedy_only(), **options)
 
     assert export_greedy(tiny_run).endswith(os.sep + "1")
     assert export_greedy(tiny_run).endswith(os.sep + "2")

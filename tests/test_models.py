@@ -11,8 +11,8 @@ from keras_s2s_attn import (
     attention_model,
     build_seq2seq_model,
 )
+from keras_s2s_attn.callbacks import build_optimizer
 from keras_s2s_attn.synthetic import reversal_task
-from tests.conftest import build_optimizer
 
 VOCAB = 16
 

@@ -17,13 +17,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from keras_s2s_attn import export, saved_models, serving
-from keras_s2s_attn.decoding import GreedySearch
 from keras_s2s_attn.options import ServingOptions
 from keras_s2s_attn.serving import BATCHER, RequestError
 from keras_s2s_attn.translation import Translator, open_translator
-from tests.serving_fixtures import INVALID_UTF8, Server, export_strategies
-
-GREEDY = {"serving_default": GreedySearch()}  # for tests of versions, not of the searches
+from tests.serving_fixtures import INVALID_UTF8, Server, export_strategies, greedy_only
 
 
 @pytest.fixture(scope="module")
@@ -482,12 +479,12 @@ def test_batching_flags_and_their_checks():
 
 def test_new_version_is_picked_up(tiny_run, tmp_path):
     base = tmp_path / "moving"
-    export.export_saved_model(tiny_run, base, max_output_length=30, strategies=GREEDY)
+    export.export_saved_model(tiny_run, base, max_output_length=30, strategies=greedy_only())
     server = Server(base)
     try:
         assert server.request("/v1/models/moving")[1]["model_version_status"][0]["version"] == "1"
         export.export_saved_model(tiny_run, base, max_output_length=2,  # version 2 differs
-                                  strategies=GREEDY)
+                                  strategies=greedy_only())
         deadline = time.time() + 60
         version = "1"
         while time.time() < deadline and version != "2":
@@ -565,7 +562,7 @@ def test_only_ascii_digit_names_are_versions(served, tiny_run, tmp_path):
         assert server.request(PREDICT, {"instances": ["abc"]})[0] == 200
     finally:
         server.close()
-    assert export.export_saved_model(tiny_run, moving, strategies=GREEDY).endswith(os.sep + "2")
+    assert export.export_saved_model(tiny_run, moving, strategies=greedy_only()).endswith(os.sep + "2")
 
 
 def rewrite_warmup(version_dir, signature):
