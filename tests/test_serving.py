@@ -562,7 +562,8 @@ def test_only_ascii_digit_names_are_versions(served, tiny_run, tmp_path):
         assert server.request(PREDICT, {"instances": ["abc"]})[0] == 200
     finally:
         server.close()
-    assert export.export_saved_model(tiny_run, moving, strategies=greedy_only()).endswith(os.sep + "2")
+    version = export.export_saved_model(tiny_run, moving, strategies=greedy_only())
+    assert version.endswith(os.sep + "2")
 
 
 def rewrite_warmup(version_dir, signature):
