@@ -33,7 +33,7 @@ import tensorflow as tf
 
 from keras_s2s_attn import data as data_lib
 from keras_s2s_attn import distributed
-from keras_s2s_attn.callbacks import RunCheckpoint, read_metrics, saved_epoch
+from keras_s2s_attn.callbacks import RunCheckpoint, build_optimizer, read_metrics, saved_epoch
 from keras_s2s_attn.checks import positive_int, rate
 from keras_s2s_attn.models import (
     MaskedAccuracy,
@@ -389,6 +389,7 @@ def _compiled_model(config, source_vocab_size, target_vocab_size, distribution):
             loss=MaskedSparseCategoricalCrossentropy(label_smoothing=config["label_smoothing"]),
             metrics=[MaskedAccuracy(name="accuracy")],
         )
+        build_optimizer(model)  # in the scope; and `fit` then traces its step once, not twice
     return model
 
 

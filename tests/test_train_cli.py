@@ -32,7 +32,15 @@ def env():
     return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
 
 
-def test_train_writes_a_complete_run_directory(tmp_path, capsys):
+def test_train_writes_a_complete_run_directory(tmp_path, capsys, monkeypatch):
+    traces = []
+    train_step = keras.Model.train_step
+
+    def counted(self, data):  # Python runs it only while `tf.function` traces the step
+        traces.append(data)
+        return train_step(self, data)
+
+    monkeypatch.setattr(keras.Model, "train_step", counted)
     pairs = write_pairs(tmp_path / "pairs.tsv")
     run = tmp_path / "runs" / "demo"
     code, out, err = run_cli(capsys, "train", "--train", pairs, "--tokenizer", "char",
@@ -60,6 +68,9 @@ def test_train_writes_a_complete_run_directory(tmp_path, capsys):
     assert "Epoch 4/4" in err and "val token accuracy" in err
     # Keras is told the number of batches: no "Unknown" first-epoch bar, no warning.
     assert "Unknown" not in err and "ran out of data" not in err
+    # One trace of the training step for every batch shape and epoch (the optimizer's
+    # variables exist before `fit`, so the first trace is not redone without them).
+    assert len(traces) == 1
     # A second run into the same directory is refused, not overwritten.
     code, _, err = run_cli(capsys, "train", "--train", pairs, "--out", run, "--epochs", "1",
                            *SMALL)
