@@ -6,6 +6,7 @@ in their own processes.
 """
 
 import importlib.util
+import itertools
 import os
 import subprocess
 import textwrap
@@ -13,6 +14,7 @@ import textwrap
 import numpy as np
 import pytest
 
+from keras_s2s_attn.options import CELL_TYPES, SCORES, STYLES
 from tests import backend_parity
 from tests.conftest import BACKEND, REPO, run_python, tensorflow_only
 
@@ -38,6 +40,17 @@ def test_same_weights_give_the_same_logits_under_the_three_backends(tmp_path):
         for a, b in (("tensorflow", "jax"), ("tensorflow", "torch"), ("jax", "torch")):
             diff = np.abs(logits[a][key] - logits[b][key]).max()
             assert diff <= 1e-4, f"{config}: {a} vs {b} differ by {diff}"
+
+
+def test_parity_models_cover_every_pair_of_score_style_and_cell():
+    pairs = {(a, b): set() for a, b in (("attention", "style"), ("attention", "cell_type"),
+                                        ("style", "cell_type"))}
+    for config in backend_parity.SCORE_STYLE_CELL:
+        for (a, b), seen in pairs.items():
+            seen.add((config[a], config[b]))
+    values = {"attention": SCORES, "style": STYLES, "cell_type": CELL_TYPES}
+    for (a, b), seen in pairs.items():
+        assert seen == set(itertools.product(values[a], values[b])), (a, b)
 
 
 def test_the_layers_import_here_and_the_tensorflow_side_says_what_it_needs():
