@@ -105,7 +105,7 @@ def paper_weights(layer):
 
 def stored_like_the_export(weight, dtype):
     """A numpy reference of the export's weight storage, turned back into float32."""
-    if weight.dtype.kind != "f":
+    if weight.dtype.kind != "f" or dtype == "float32":
         return weight
     if dtype == "int8" and weight.ndim >= 2:  # per output column: w ≈ q · max|w[:, j]| / 127
         scale = np.abs(weight).max(axis=tuple(range(weight.ndim - 1)))
