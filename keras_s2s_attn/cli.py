@@ -605,11 +605,14 @@ def _start_tensorflow(verbose):
     Their start-up lines (the absl preamble, CUDA probing, CPU features) are
     written straight to file descriptor 2 by C++; unless `verbose`, that
     descriptor points at a temporary file meanwhile, shown only if the start
-    fails.
+    fails. Later C++ log lines are hidden too, ERROR ones included: TensorFlow
+    writes some during normal runs (on AVX-512 CPUs, oneDNN's "supports DT_BOOL
+    only on platforms with AVX-512" at the first graph run), and a real failure
+    reaches the user as a Python exception with its message.
     """
     if verbose:
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
     def start():
         import keras  # noqa: F401
