@@ -1,5 +1,6 @@
 """The run directory's bookkeeping callback: metrics CSV, best model, resume state."""
 
+import contextlib
 import csv
 import json
 import math
@@ -29,6 +30,15 @@ def _state_dir(run_dir):
         return os.path.join(run_dir, BACKUP_DIR, handle.read().strip())
 
 
+def epoch_states(run_dir):
+    """The complete epoch states kept under a run's `backup/`, oldest first:
+    a list of `(epoch, directory)`, `epoch` counting the epochs the state holds."""
+    backup = os.path.join(run_dir, BACKUP_DIR)
+    names = sorted(name for name in os.listdir(backup) if name.startswith("epoch-")
+                   and not name.endswith(".tmp")) if os.path.isdir(backup) else []
+    return [(int(name.split("-")[1]), os.path.join(backup, name)) for name in names]
+
+
 def saved_epoch(run_dir):
     """How many epochs the resume state of a run directory holds (0 if it has none)."""
     state_dir = _state_dir(run_dir)
@@ -38,7 +48,7 @@ def saved_epoch(run_dir):
         return json.load(handle)["epoch"]
 
 
-def _replace_atomically(path, write):
+def replace_atomically(path, write):
     """Calls write(temporary_path), then renames the result onto `path`."""
     root, extension = os.path.splitext(path)
     temporary = f"{root}.tmp{extension}"  # keeps the extension: Keras checks it
@@ -61,14 +71,68 @@ def build_optimizer(model):
     return model
 
 
+def ema_variables(model):
+    """`(variables, averages)` of a compiled `model` whose optimizer keeps an
+    exponential moving average of the weights (`use_ema=True`), else None."""
+    optimizer = model.optimizer
+    optimizer = getattr(optimizer, "inner_optimizer", optimizer)  # LossScaleOptimizer
+    if optimizer is None or not getattr(optimizer, "use_ema", False) or not optimizer.built:
+        return None
+    return optimizer._trainable_variables, optimizer._model_variables_moving_average
+
+
+@contextlib.contextmanager
+def ema_weights(model):
+    """Within the block, `model` holds its optimizer's moving averages as its
+    trainable weights (nothing changes without `use_ema`); the raw weights are
+    back afterwards.
+
+    Used for validation (`EMAValidation`) and to save `best.keras` in the
+    middle of an epoch's bookkeeping (`RunCheckpoint`).
+    """
+    pairs = ema_variables(model)
+    if pairs is None:
+        yield model
+        return
+    variables, averages = pairs
+    raw = [keras.ops.convert_to_numpy(variable) for variable in variables]
+    for variable, average in zip(variables, averages):
+        variable.assign(average)
+    try:
+        yield model
+    finally:
+        for variable, value in zip(variables, raw):
+            variable.assign(value)
+
+
+class EMAValidation(keras.callbacks.Callback):
+    """Validates with the optimizer's moving average of the weights (`use_ema=True`),
+    and puts the raw weights back after.
+
+    What `keras.callbacks.SwapEMAWeights` does for evaluation, but exact: its
+    TensorFlow swap (by additions and subtractions) rounds both sets of
+    weights a little at every validation; this copies them (`ema_weights`).
+    """
+
+    def on_test_begin(self, logs=None):
+        self._swapped = contextlib.ExitStack()
+        self._swapped.enter_context(ema_weights(self.model))
+
+    def on_test_end(self, logs=None):
+        self._swapped.close()
+
+
 class RunCheckpoint(keras.callbacks.Callback):
     """Per-epoch bookkeeping of a run directory that survives being killed.
 
     At each epoch end, in this order: the metrics row is appended to
     `metrics.csv`, the model is saved as `best.keras` if its `val_loss` is the
-    best so far, and the training state (weights and optimizer) is saved under
-    `backup/` for resuming, unless a logged value is NaN or infinite (the
-    state then stays at the last good epoch). Every file is written beside its
+    best so far (with the optimizer's moving average of the weights when it
+    keeps one, `use_ema=True`), and the training state (the raw weights and
+    the optimizer, its averages included) is saved under `backup/` for
+    resuming, unless a logged value is NaN or infinite (the state then stays
+    at the last good epoch). The last `keep` epochs' states are kept there
+    (`epoch_states`), e.g. to average them. Every file is written beside its
     target and renamed into place, and the resume state becomes current only
     when a pointer file is replaced, so a process killed at any instant
     leaves the previous complete state. The state is kept when training ends,
@@ -90,6 +154,7 @@ class RunCheckpoint(keras.callbacks.Callback):
         sync: None, or `sync(model, epoch) -> epoch`, called after the restore
             with the epoch restored: what the workers of a multi-worker run
             use to all start from the chief's state.
+        keep: How many epochs' states to keep (the latest one resumes).
 
     Example:
 
@@ -98,9 +163,11 @@ class RunCheckpoint(keras.callbacks.Callback):
     """
 
     def __init__(self, run_dir, metrics_file="metrics.csv", best_file="best.keras",
-                 monitor="val_loss", sync=None):
+                 monitor="val_loss", sync=None, keep=1):
         super().__init__()
-        self.sync = sync
+        if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+            raise ValueError(f"`keep` must be a positive integer. Received: keep={keep!r}")
+        self.sync, self.keep = sync, keep
         self.run_dir = os.fspath(run_dir)
         self.backup_dir = os.path.join(self.run_dir, BACKUP_DIR)
         self.csv_path = os.path.join(self.run_dir, metrics_file)
@@ -142,7 +209,8 @@ class RunCheckpoint(keras.callbacks.Callback):
         value = logs.get(self.monitor)
         if value is not None and math.isfinite(float(value)) and float(value) < self.best:
             self.best = float(value)
-            _replace_atomically(self.best_path, lambda path: self.model.save(path))
+            with ema_weights(self.model):
+                replace_atomically(self.best_path, lambda path: self.model.save(path))
         if all(math.isfinite(value) for value in row.values()):
             self._save_state(epoch + 1)
 
@@ -162,10 +230,12 @@ class RunCheckpoint(keras.callbacks.Callback):
             with open(path, "w") as handle:
                 handle.write(name)
 
-        _replace_atomically(os.path.join(self.backup_dir, STATE_POINTER), point)
-        for old in os.listdir(self.backup_dir):
-            if old.startswith("epoch-") and old != name:
-                shutil.rmtree(os.path.join(self.backup_dir, old), ignore_errors=True)
+        replace_atomically(os.path.join(self.backup_dir, STATE_POINTER), point)
+        kept = [path for epoch, path in epoch_states(self.run_dir) if epoch <= next_epoch]
+        for old in os.listdir(self.backup_dir):  # and unfinished ones of a killed run
+            path = os.path.join(self.backup_dir, old)
+            if old.startswith("epoch-") and path not in kept[-self.keep:]:
+                shutil.rmtree(path, ignore_errors=True)
 
     def _write_rows(self, rows, fields):
         def write(path):
@@ -174,7 +244,7 @@ class RunCheckpoint(keras.callbacks.Callback):
                 writer.writeheader()
                 writer.writerows(rows)
 
-        _replace_atomically(self.csv_path, write)
+        replace_atomically(self.csv_path, write)
 
 
 class InterruptBetweenSteps(keras.callbacks.Callback):

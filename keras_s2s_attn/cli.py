@@ -8,7 +8,7 @@ import tempfile
 
 from keras_s2s_attn.backends import BackendError
 from keras_s2s_attn.evaluation import METRICS
-from keras_s2s_attn.options import TOKENIZER_KINDS, WEIGHT_DTYPES, ModelOptions
+from keras_s2s_attn.options import RUN_MODELS, TOKENIZER_KINDS, WEIGHT_DTYPES, ModelOptions
 
 
 def _positive_int(text):
@@ -117,6 +117,12 @@ def _add_train(subparsers):
     parser.add_argument("--early-stopping", type=_positive_int, metavar="PATIENCE",
                         help="stop when the validation loss has not improved for PATIENCE "
                              "epochs, and keep the best epoch's weights in model.keras")
+    parser.add_argument("--ema", type=float, metavar="DECAY",
+                        help="keep an exponential moving average of the weights (e.g. 0.999): "
+                             "validation, best.keras and model.keras use it")
+    parser.add_argument("--keep-checkpoints", type=_positive_int, default=1, metavar="N",
+                        help="keep the last N epochs' states under backup/, to average them "
+                             "with s2s-attn average (default 1: the one a resume needs)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in --out after its last finished epoch, with "
                              "its options; a finished run needs a larger --epochs")
@@ -148,7 +154,7 @@ def _train(args):
                 max_vocab_size=args.max_vocab_size, min_count=args.min_count,
                 epochs=args.epochs, batch_size=args.batch_size,
                 learning_rate=args.learning_rate, label_smoothing=args.label_smoothing,
-                **_model_options(args), max_source_length=args.max_source_length,
+                ema=args.ema, keep_checkpoints=args.keep_checkpoints, **_model_options(args), max_source_length=args.max_source_length,
                 max_target_length=args.max_target_length, on_bad_row=args.on_bad_row,
                 source_column=args.source_column, target_column=args.target_column,
                 header=args.header or None, seed=args.seed, strategy=args.strategy,
@@ -198,6 +204,27 @@ def _model_options(args):
     return given
 
 
+def _add_average(subparsers):
+    parser = subparsers.add_parser(
+        "average", help="average the weights of a run's last epochs",
+        description="Write RUN/averaged.keras, the mean of the weights of the run's last N "
+                    "epochs (kept by train --keep-checkpoints N); export it with "
+                    "s2s-attn export RUN --which averaged.")
+    parser.add_argument("run_dir", help="a run directory")
+    parser.add_argument("--last", type=_positive_int, required=True, metavar="N",
+                        help="how many of the last epochs to average")
+    parser.set_defaults(handler=_average)
+
+
+def _average(args):
+    from keras_s2s_attn.averaging import average_run
+
+    path, epochs = average_run(args.run_dir, args.last)
+    print(f"averaged epochs {', '.join(map(str, epochs))} into {path}", file=sys.stderr)
+    print(path)
+    return 0
+
+
 def _add_export(subparsers):
     parser = subparsers.add_parser(
         "export", help="export a run as a TF Serving SavedModel",
@@ -212,7 +239,9 @@ def _add_export(subparsers):
                                                       "--export-dir)")
     parser.add_argument("--export-dir", default="saved_models")
     parser.add_argument("--version", type=_positive_int, help="default: the next integer")
-    parser.add_argument("--which", default="best", choices=["best", "final"])
+    parser.add_argument("--which", default="best", choices=RUN_MODELS,
+                        help="the run's model: best (validation loss), final (last epoch) or "
+                             "averaged (written by s2s-attn average)")
     parser.add_argument("--max-source-length", type=_positive_int,
                         help="default: the run's, else 256")
     parser.add_argument("--max-output-length", type=_positive_int)
@@ -645,7 +674,8 @@ def _parser():
     )
     subparsers = parser.add_subparsers(dest="command", required=True,
                                        parser_class=_IntermixedParser)
-    for add in (_add_train, _add_export, _add_translate, _add_evaluate, _add_serve):
+    for add in (_add_train, _add_average, _add_export, _add_translate, _add_evaluate,
+                _add_serve):
         add(subparsers)
     for subparser in subparsers.choices.values():
         subparser.add_argument("--verbose", action="store_true",

@@ -238,7 +238,8 @@ def export_saved_model(model_or_run_dir, export_dir="saved_models/model", versio
         version: An integer version; default the next one after the highest
             present (1 for a new base path).
         source_tokenizer, target_tokenizer: With a model, its tokenizers.
-        which: With a run directory, `"best"` or `"final"`.
+        which: With a run directory, which of its models: `"best"`, `"final"`
+            or `"averaged"` (`runs.load_run`).
         warmup_texts: Inputs for the warm-up requests; default a few built
             from the source vocabulary.
         weights_dtype: `"float32"`; `"float16"` to store the weights at half

@@ -4,6 +4,7 @@
     source_vocab/, target_vocab/   the tokenizers (plain vocabulary files)
     best.keras               the best model by validation loss
     model.keras              the model after the last epoch
+    averaged.keras           the mean of the last epochs' weights (`s2s-attn average`)
     metrics.csv              one row per epoch
     logs/                    TensorBoard logs
     backup/                  the state a resume continues from
@@ -16,12 +17,15 @@ import os
 
 import keras
 
+from keras_s2s_attn.options import RUN_MODELS
 from keras_s2s_attn.text import load_tokenizer
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.csv"
 BEST_MODEL = "best.keras"
 FINAL_MODEL = "model.keras"
+AVERAGED_MODEL = "averaged.keras"
+MODEL_FILES = dict(zip(RUN_MODELS, (BEST_MODEL, FINAL_MODEL, AVERAGED_MODEL)))
 SOURCE_VOCAB = "source_vocab"
 TARGET_VOCAB = "target_vocab"
 
@@ -43,18 +47,22 @@ def load_run(run_dir, which="best", compile=False):
 
     Args:
         run_dir: A directory written by `train`.
-        which: `"best"` (lowest validation loss) or `"final"`.
+        which: `"best"` (lowest validation loss), `"final"` or `"averaged"`
+            (written by `averaging.average_run`).
         compile: Also restore the optimizer, loss and metrics (to train on);
             off by default, so inference and exports carry no optimizer state.
 
     Returns:
         `(model, source_tokenizer, target_tokenizer, config)`.
     """
-    if which not in ("best", "final"):
-        raise ValueError(f"`which` must be 'best' or 'final'. Received: {which!r}")
-    path = os.path.join(run_dir, BEST_MODEL if which == "best" else FINAL_MODEL)
+    if which not in MODEL_FILES:
+        raise ValueError(f"`which` must be one of {', '.join(map(repr, RUN_MODELS))}. "
+                         f"Received: {which!r}")
+    path = os.path.join(run_dir, MODEL_FILES[which])
     if not os.path.exists(path):
-        raise FileNotFoundError(f"No model at {path!r}: is {run_dir!r} a finished run?")
+        hint = (f"average its last epochs first (s2s-attn average {run_dir} --last N)"
+                if which == "averaged" else f"is {run_dir!r} a finished run?")
+        raise FileNotFoundError(f"No model at {path!r}: {hint}")
     with open(os.path.join(run_dir, CONFIG_FILE)) as handle:
         config = json.load(handle)
     return (keras.saving.load_model(path, compile=compile),

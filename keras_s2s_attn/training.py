@@ -5,13 +5,16 @@ directory holds everything needed later:
 
     config.json              every option, the vocabulary sizes, the library versions
     source_vocab/, target_vocab/   the tokenizers (plain vocabulary files)
-    best.keras               the best model by validation loss
+    best.keras               the best model by validation loss (with `ema`, its
+                             moving average of the weights, as model.keras)
     model.keras              the model after the last epoch
     metrics.csv              one row per epoch (loss, accuracy, val_loss, val_accuracy)
     logs/                    TensorBoard logs
     backup/                  the state `resume=True` continues from (weights and
                              optimizer after the last good epoch; kept when the
-                             run ends, so that it can train for more epochs)
+                             run ends, so that it can train for more epochs), and
+                             those of earlier epochs with `keep_checkpoints`
+    averaged.keras           written later by `averaging.average_run`
 
 Every file is written so that a run killed at any moment can be resumed
 (`callbacks.RunCheckpoint`).
@@ -33,7 +36,13 @@ import tensorflow as tf
 
 from keras_s2s_attn import data as data_lib
 from keras_s2s_attn import distributed
-from keras_s2s_attn.callbacks import RunCheckpoint, build_optimizer, read_metrics, saved_epoch
+from keras_s2s_attn.callbacks import (
+    EMAValidation,
+    RunCheckpoint,
+    build_optimizer,
+    read_metrics,
+    saved_epoch,
+)
 from keras_s2s_attn.checks import positive_int, rate
 from keras_s2s_attn.models import (
     MaskedAccuracy,
@@ -73,7 +82,7 @@ def _strategy(name):
 def train(train_data, out, *, valid_data=None, tokenizer="char", source_tokenizer=None,
           target_tokenizer=None, source_vocab=None, target_vocab=None, lower=False,
           normalization="NFKC", max_vocab_size=None, min_count=1, epochs=None, batch_size=64,
-          learning_rate=1e-3, label_smoothing=0.0,
+          learning_rate=1e-3, label_smoothing=0.0, ema=None, keep_checkpoints=1,
           embedding_dim=ModelOptions.embedding_dim, units=ModelOptions.units,
           encoder_layers=ModelOptions.encoder_layers, decoder_layers=ModelOptions.decoder_layers,
           cell_type=ModelOptions.cell_type, attention=ModelOptions.attention,
@@ -107,6 +116,15 @@ def train(train_data, out, *, valid_data=None, tokenizer="char", source_tokenize
         epochs: Total epochs, those already done by a resumed run included
             (default 10; a resumed run keeps its recorded total when None).
         batch_size, learning_rate, label_smoothing: Training options.
+        ema: None, or a decay in (0, 1): keep an exponential moving average
+            of the weights, `ema = decay * ema + (1 - decay) * weights` after
+            each step (Adam's `use_ema`); validation, `best.keras` and
+            `model.keras` then use the averaged weights, the resume state
+            keeps both. 0.999 is a usual value; 1 / (1 - decay) steps is
+            about the span it averages over.
+        keep_checkpoints: How many epochs' training states to keep under
+            `backup/` (the last one resumes): `averaging.average_run` (`s2s-attn
+            average`) averages the weights of the last N of them.
         embedding_dim ... dropout: Passed to `build_seq2seq_model` (`ModelOptions`).
         max_source_length, max_target_length: Truncation (counted, reported).
         on_bad_row, source_column, target_column, header: See `read_pairs`.
@@ -169,7 +187,7 @@ def train(train_data, out, *, valid_data=None, tokenizer="char", source_tokenize
     _write_run(out, config, source_tok, target_tok, new=not resume)
     checkpoint = RunCheckpoint(out, metrics_file=METRICS_FILE, best_file=BEST_MODEL,
                                sync=None if role is None else distributed.chief_state_sync(
-                                   distribution))
+                                   distribution), keep=config["keep_checkpoints"])
     summary = _fit(model, train_ds, valid_ds, _callbacks(out, config, checkpoint, callbacks),
                    config, out, stats, verbose)
     if role is not None and not role.is_chief and not summary["diverged"]:
@@ -228,7 +246,8 @@ def _new_config(out, options):
         **{name: options[name] for name in (
             "batch_size", "learning_rate", "label_smoothing", "max_source_length",
             "max_target_length", "valid_percent", "on_bad_row", "source_column",
-            "target_column", "header", "seed", "strategy", "lr_decay", "early_stopping")},
+            "target_column", "header", "seed", "strategy", "lr_decay", "early_stopping",
+            "ema", "keep_checkpoints")},
         "model": {name: options[name] for name in (
             "embedding_dim", "units", "encoder_layers", "decoder_layers", "cell_type",
             "attention", "style", "input_feeding", "window", "window_mode",
@@ -260,6 +279,8 @@ def _resumed_config(out, train_data, valid_data, epochs, early_stopping):
             config[key] = value
     config.setdefault("lr_decay", True)  # options that runs of earlier versions lack
     config.setdefault("early_stopping", None)
+    config.setdefault("ema", None)
+    config.setdefault("keep_checkpoints", 1)
     _check_config(config)
     done = saved_epoch(out)
     if done == 0 and os.path.exists(os.path.join(out, FINAL_MODEL)):
@@ -297,6 +318,9 @@ def _check_config(config):
     rate(config["label_smoothing"], "label_smoothing")
     for name in ("max_source_length", "max_target_length", "early_stopping"):
         positive_int(config[name], name, allow_none=True)
+    positive_int(config["keep_checkpoints"], "keep_checkpoints")
+    if config["ema"] is not None:
+        _between(config["ema"], 0, 1, "ema")
     _one_of(config["on_bad_row"], data_lib.ON_BAD_ROW, "on_bad_row")
     _one_of(config["strategy"], STRATEGIES, "strategy")
     for side in ("source", "target"):  # an unadapted tokenizer checks its kind and options
@@ -384,8 +408,10 @@ def _compiled_model(config, source_vocab_size, target_vocab_size, distribution):
         if model_options["attention"] == "location":
             model_options["max_source_length"] = config["max_source_length"]
         model = build_seq2seq_model(source_vocab_size, target_vocab_size, **model_options)
+        ema = config["ema"]
         model.compile(
-            keras.optimizers.Adam(config["learning_rate"], clipnorm=1.0),
+            keras.optimizers.Adam(config["learning_rate"], clipnorm=1.0, use_ema=ema is not None,
+                                  ema_momentum=0.99 if ema is None else ema),
             loss=MaskedSparseCategoricalCrossentropy(label_smoothing=config["label_smoothing"]),
             metrics=[MaskedAccuracy(name="accuracy")],
         )
@@ -411,6 +437,8 @@ def _write_run(out, config, source_tok, target_tok, new):
 def _callbacks(out, config, checkpoint, extra):
     """The run's own callbacks (`checkpoint` first), then `extra`."""
     own = [checkpoint, keras.callbacks.TerminateOnNaN()]
+    if config["ema"] is not None:  # validation (val_loss: the best epoch) with the averages
+        own.append(EMAValidation())
     if config["lr_decay"]:
         own.append(keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5,
                                                      patience=1, min_lr=1e-5, verbose=1))
@@ -438,6 +466,12 @@ def _fit(model, train_ds, valid_ds, callbacks, config, out, stats, verbose):
         stopped = ("the loss became NaN/inf: training stopped (TerminateOnNaN); "
                    f"the last good model is {os.path.join(out, BEST_MODEL)}")
     else:
+        if config["ema"] is not None and any(
+                isinstance(callback, keras.callbacks.EarlyStopping) and callback.best_weights
+                for callback in callbacks):
+            # EarlyStopping put back the best epoch's raw weights; best.keras holds its averages.
+            best = keras.saving.load_model(os.path.join(out, BEST_MODEL), compile=False)
+            model.set_weights(best.get_weights())
         model.save(os.path.join(out, FINAL_MODEL))
         stopped = _early_stop(model, callbacks, len(rows), config["epochs"])
     if stopped:

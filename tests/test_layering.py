@@ -15,7 +15,7 @@ RANKS = {
     "callbacks": 0, "lazy": 0, "batching": 0, "backends": 0, "graphs": 0,
     "layers": 1, "text": 1, "synthetic": 1, "quantization": 1,
     "models": 2, "data": 2, "runs": 2, "saved_models": 2, "distributed": 2,
-    "generation": 3,
+    "generation": 3, "averaging": 3,
     "decoding": 4,
     "training": 5, "translation": 5,
     "export": 6, "serving": 6,

@@ -211,7 +211,8 @@ def test_resume_continues_a_finished_run_from_any_directory(tmp_path, monkeypatc
     assert len(read_metrics(tmp_path / "run" / "metrics.csv")) == 3
 
 
-def test_early_stopping_ends_with_the_best_weights(tmp_path):
+@pytest.mark.parametrize("ema", [None, 0.5])
+def test_early_stopping_ends_with_the_best_weights(tmp_path, ema):
     class Spoil(keras.callbacks.Callback):
         """From the third epoch on, a model that is worse and stays so (learning rate 0)."""
 
@@ -224,7 +225,7 @@ def test_early_stopping_ends_with_the_best_weights(tmp_path):
     pairs = write_pairs(tmp_path / "pairs.tsv", n=300)
     run = tmp_path / "run"
     summary = train(pairs, run, epochs=6, learning_rate=0.01, lr_decay=False, early_stopping=1,
-                    callbacks=[Spoil()], **TINY)
+                    ema=ema, callbacks=[Spoil()], **TINY)
     rows = read_metrics(run / "metrics.csv")
     val_losses = [float(row["val_loss"]) for row in rows]
     assert len(rows) == 3 and val_losses[1] < val_losses[0] and val_losses[2] > 10
@@ -232,6 +233,7 @@ def test_early_stopping_ends_with_the_best_weights(tmp_path):
     assert summary["diverged"] is False
     assert summary["stopped"] == ("early stopping after epoch 3 of 6: val_loss did not improve "
                                   "for 1 epoch(s); model.keras has the weights of epoch 2")
+    # With `ema`, both hold the best epoch's averages (EarlyStopping restores raw weights).
     final = keras.saving.load_model(run / "model.keras").get_weights()
     best = keras.saving.load_model(run / "best.keras").get_weights()
     assert all(np.array_equal(a, b) for a, b in zip(final, best))
@@ -248,6 +250,8 @@ def test_early_stopping_ends_with_the_best_weights(tmp_path):
     ({"max_source_length": 0}, "max_source_length=0"),
     ({"early_stopping": 0}, "early_stopping=0"),
     ({"valid_percent": 100}, "valid_percent=100"),
+    ({"ema": 1.0}, r"`ema` must be a number in \(0, 1\)"),
+    ({"keep_checkpoints": 0}, "keep_checkpoints=0"),
     ({"cell_type": "rnn"}, "cell_type='rnn'"),
     ({"attention": "cosine"}, "attention='cosine'"),
     ({"strategy": "tpu"}, "strategy='tpu'"),
