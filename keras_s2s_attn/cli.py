@@ -117,6 +117,9 @@ def _add_train(subparsers):
     parser.add_argument("--early-stopping", type=_positive_int, metavar="PATIENCE",
                         help="stop when the validation loss has not improved for PATIENCE "
                              "epochs, and keep the best epoch's weights in model.keras")
+    parser.add_argument("--mixed-precision", action="store_true",
+                        help="compute in float16 on a GPU, bfloat16 on CPU, with float32 "
+                             "weights, logits and attention (Keras mixed precision)")
     parser.add_argument("--ema", type=float, metavar="DECAY",
                         help="keep an exponential moving average of the weights (e.g. 0.999): "
                              "validation, best.keras and model.keras use it")
@@ -154,7 +157,8 @@ def _train(args):
                 max_vocab_size=args.max_vocab_size, min_count=args.min_count,
                 epochs=args.epochs, batch_size=args.batch_size,
                 learning_rate=args.learning_rate, label_smoothing=args.label_smoothing,
-                ema=args.ema, keep_checkpoints=args.keep_checkpoints, **_model_options(args),
+                ema=args.ema, keep_checkpoints=args.keep_checkpoints,
+                mixed_precision=args.mixed_precision, **_model_options(args),
                 max_source_length=args.max_source_length,
                 max_target_length=args.max_target_length, on_bad_row=args.on_bad_row,
                 source_column=args.source_column, target_column=args.target_column,

@@ -37,6 +37,7 @@ def build_seq2seq_model(
     max_source_length=None,
     normalize_attention=ModelOptions.normalize_attention,
     dropout=ModelOptions.dropout,
+    dtype=None,
     name="seq2seq",
 ):
     """Builds an attention encoder-decoder as a functional `keras.Model`.
@@ -67,6 +68,11 @@ def build_seq2seq_model(
         normalize_attention: Weight-normalise the additive score (Bahdanau
             et al.'s appendix; `attention="additive"` only).
         dropout: Dropout rate (embeddings, between layers, decoder output).
+        dtype: The layers' Keras dtype policy, e.g. `"mixed_bfloat16"` (mixed
+            precision: float32 weights, bfloat16 computation); None for the
+            global policy (float32 unless set). The attention's softmax and
+            weights and the output projection (the logits the loss reads)
+            stay float32 under any policy.
         name: Model name.
 
     Returns:
@@ -116,6 +122,7 @@ def build_seq2seq_model(
             window_mode=window_mode,
             max_length=max_source_length if attention == "location" else None,
             name="attention",
+            dtype=dtype,
         )
     elif attention is not None and not isinstance(attention, BahdanauLuongAttention):
         raise ValueError(
@@ -131,23 +138,26 @@ def build_seq2seq_model(
         num_layers=decoder_layers,
         dropout=dropout,
         name="decoder_cell",
+        dtype=dtype,
     )
     source_ids = keras.Input((None,), dtype="int32", name="source_ids")
     target_ids = keras.Input((None,), dtype="int32", name="target_ids")
     memory, summary = Encoder(
         source_vocab_size, embedding_dim, units, num_layers=encoder_layers,
-        cell_type=cell_type, dropout=dropout, name=ENCODER,
+        cell_type=cell_type, dropout=dropout, name=ENCODER, dtype=dtype,
     )(source_ids)
-    initial_state = StateBridge(cell.rnn_state_sizes, name=BRIDGE)(summary)
+    initial_state = StateBridge(cell.rnn_state_sizes, name=BRIDGE, dtype=dtype)(summary)
     embedded = keras.layers.Embedding(
-        target_vocab_size, embedding_dim, name=TARGET_EMBEDDING
+        target_vocab_size, embedding_dim, name=TARGET_EMBEDDING, dtype=dtype
     )(target_ids)
-    embedded = keras.layers.Dropout(dropout, name="target_dropout")(embedded)
-    decoded = AttentionDecoder(cell, name=DECODER)(
+    embedded = keras.layers.Dropout(dropout, name="target_dropout", dtype=dtype)(embedded)
+    decoded = AttentionDecoder(cell, name=DECODER, dtype=dtype)(
         embedded, memory, initial_state=initial_state
     )
     outputs = decoded[0] if isinstance(decoded, (list, tuple)) else decoded
-    logits = keras.layers.Dense(target_vocab_size, name=OUTPUT_PROJECTION)(outputs)
+    # float32 logits under a mixed policy too: the softmax and the loss need the range.
+    logits = keras.layers.Dense(target_vocab_size, name=OUTPUT_PROJECTION,
+                                dtype="float32")(outputs)
     return keras.Model(
         inputs={"source_ids": source_ids, "target_ids": target_ids}, outputs=logits, name=name
     )

@@ -83,6 +83,7 @@ def train(train_data, out, *, valid_data=None, tokenizer="char", source_tokenize
           target_tokenizer=None, source_vocab=None, target_vocab=None, lower=False,
           normalization="NFKC", max_vocab_size=None, min_count=1, epochs=None, batch_size=64,
           learning_rate=1e-3, label_smoothing=0.0, ema=None, keep_checkpoints=1,
+          mixed_precision=False,
           embedding_dim=ModelOptions.embedding_dim, units=ModelOptions.units,
           encoder_layers=ModelOptions.encoder_layers, decoder_layers=ModelOptions.decoder_layers,
           cell_type=ModelOptions.cell_type, attention=ModelOptions.attention,
@@ -122,6 +123,12 @@ def train(train_data, out, *, valid_data=None, tokenizer="char", source_tokenize
             `model.keras` then use the averaged weights, the resume state
             keeps both. 0.999 is a usual value; 1 / (1 - decay) steps is
             about the span it averages over.
+        mixed_precision: Compute in 16 bits with float32 weights: Keras'
+            `mixed_float16` policy (with loss scaling) when a GPU is visible,
+            `mixed_bfloat16` on CPU (fast where the CPU has bfloat16
+            instructions: AVX-512 BF16, AMX). The attention's softmax and
+            weights, the logits and the loss stay float32. The run records
+            the policy chosen, and a resume keeps it.
         keep_checkpoints: How many epochs' training states to keep under
             `backup/` (the last one resumes): `averaging.average_run` (`s2s-attn
             average`) averages the weights of the last N of them.
@@ -248,6 +255,7 @@ def _new_config(out, options):
             "max_target_length", "valid_percent", "on_bad_row", "source_column",
             "target_column", "header", "seed", "strategy", "lr_decay", "early_stopping",
             "ema", "keep_checkpoints")},
+        "mixed_precision": _mixed_policy() if options["mixed_precision"] else None,
         "model": {name: options[name] for name in (
             "embedding_dim", "units", "encoder_layers", "decoder_layers", "cell_type",
             "attention", "style", "input_feeding", "window", "window_mode",
@@ -281,6 +289,7 @@ def _resumed_config(out, train_data, valid_data, epochs, early_stopping):
     config.setdefault("early_stopping", None)
     config.setdefault("ema", None)
     config.setdefault("keep_checkpoints", 1)
+    config.setdefault("mixed_precision", None)
     _check_config(config)
     done = saved_epoch(out)
     if done == 0 and os.path.exists(os.path.join(out, FINAL_MODEL)):
@@ -319,6 +328,8 @@ def _check_config(config):
     for name in ("max_source_length", "max_target_length", "early_stopping"):
         positive_int(config[name], name, allow_none=True)
     positive_int(config["keep_checkpoints"], "keep_checkpoints")
+    _one_of(config["mixed_precision"], (None, "mixed_float16", "mixed_bfloat16"),
+            "mixed_precision")
     if config["ema"] is not None:
         _between(config["ema"], 0, 1, "ema")
     _one_of(config["on_bad_row"], data_lib.ON_BAD_ROW, "on_bad_row")
@@ -407,16 +418,28 @@ def _compiled_model(config, source_vocab_size, target_vocab_size, distribution):
         model_options = dict(config["model"])
         if model_options["attention"] == "location":
             model_options["max_source_length"] = config["max_source_length"]
-        model = build_seq2seq_model(source_vocab_size, target_vocab_size, **model_options)
+        policy = config["mixed_precision"]
+        model = build_seq2seq_model(source_vocab_size, target_vocab_size, dtype=policy,
+                                    **model_options)
         ema = config["ema"]
+        optimizer = keras.optimizers.Adam(config["learning_rate"], clipnorm=1.0,
+                                          use_ema=ema is not None,
+                                          ema_momentum=0.99 if ema is None else ema)
+        if policy == "mixed_float16":  # float16 gradients underflow without loss scaling
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         model.compile(
-            keras.optimizers.Adam(config["learning_rate"], clipnorm=1.0, use_ema=ema is not None,
-                                  ema_momentum=0.99 if ema is None else ema),
+            optimizer,
             loss=MaskedSparseCategoricalCrossentropy(label_smoothing=config["label_smoothing"]),
             metrics=[MaskedAccuracy(name="accuracy")],
         )
         build_optimizer(model)  # in the scope; and `fit` then traces its step once, not twice
     return model
+
+
+def _mixed_policy():
+    """The mixed precision policy for this machine: float16 on a GPU, bfloat16 on CPU."""
+    # Physical devices: listing them does not start the runtime (multi-worker needs that).
+    return "mixed_float16" if tf.config.list_physical_devices("GPU") else "mixed_bfloat16"
 
 
 def _write_run(out, config, source_tok, target_tok, new):

@@ -83,8 +83,12 @@ def test_model_inputs_outputs_and_attention_model():
     "kwargs",
     [
         dict(),
-        dict(attention="dot", style="luong", input_feeding=False, cell_type="lstm"),
-        dict(attention="general", style="luong", decoder_layers=2, encoder_layers=2),
+        # Dropout in the decoder's step loop (JAX refused draws inside its scan), and in
+        # the Luong order without input feeding, whose RNN runs in a loop of its own.
+        dict(attention="dot", style="luong", input_feeding=False, cell_type="lstm",
+             decoder_layers=2, dropout=0.3),
+        dict(attention="general", style="luong", decoder_layers=2, encoder_layers=2,
+             dropout=0.3),
         dict(attention="location", max_source_length=6, style="luong"),
         dict(attention="additive", window=2, window_mode="local-p"),
         dict(attention=None),
@@ -103,6 +107,45 @@ def test_fit_on_tf_data_then_keras_save_load(tmp_path, kwargs):
     # The compiled loss and metric come back too, and training can go on.
     assert isinstance(loaded.loss, MaskedSparseCategoricalCrossentropy)
     loaded.fit(ds, epochs=1, verbose=0)
+
+
+def test_decoder_dropout_masks_are_new_for_each_step_and_only_in_training():
+    model = small_model(dropout=0.5, decoder_layers=2)
+    _, inputs, _ = dataset(4)
+    first, second = (to_numpy(model(inputs, training=True)) for _ in range(2))
+    assert not np.allclose(first, second)
+    np.testing.assert_array_equal(to_numpy(model(inputs)), to_numpy(model(inputs)))
+    cell = model.get_layer("decoder").cell
+    masks = cell.dropout_masks(4, 7, training=True)
+    output = to_numpy(masks["output"])
+    assert output.shape == (7, 4, cell.output_size)
+    assert set(np.unique(output)) == {0.0, 2.0}  # dropped, or kept and scaled by 1 / (1 - 0.5)
+    assert not np.array_equal(output[0], output[1])  # each step a mask of its own
+    assert [tuple(mask.shape) for mask in masks["between"]] == [(7, 4, 16)]
+    assert cell.dropout_masks(4, 7, training=False) is None
+
+
+def test_mixed_precision_computes_in_bfloat16_with_float32_logits_and_attention(tmp_path):
+    _, inputs, labels = dataset(4)
+    options = {"attention": "general", "style": "luong", "decoder_layers": 2}
+    mixed = small_model(dtype="mixed_bfloat16", **options)
+    plain = small_model(**options)
+    plain.set_weights(mixed.get_weights())  # float32 weights in both
+    logits = mixed(inputs)
+    assert keras.backend.standardize_dtype(logits.dtype) == "float32"
+    assert mixed.get_layer("decoder").compute_dtype == "bfloat16"
+    difference = np.abs(to_numpy(logits) - to_numpy(plain(inputs))).max()
+    assert 0 < difference < 0.05, difference  # computed in bfloat16, close to float32
+    weights = attention_model(mixed)(inputs)
+    assert keras.backend.standardize_dtype(weights.dtype) == "float32"
+    np.testing.assert_allclose(to_numpy(weights).sum(-1), 1.0, atol=1e-5)
+    model = compiled(mixed)
+    assert np.isfinite(model.fit(inputs, labels, epochs=2, verbose=0).history["loss"]).all()
+    model.save(tmp_path / "mixed.keras")
+    loaded = keras.saving.load_model(tmp_path / "mixed.keras")
+    # Sub-layers made inside our layers keep the policy when loaded.
+    assert loaded.get_layer("encoder").rnns[0].compute_dtype == "bfloat16"
+    np.testing.assert_array_equal(to_numpy(loaded(inputs)), to_numpy(model(inputs)))
 
 
 def test_subclassed_score_trains_saves_and_loads(tmp_path):

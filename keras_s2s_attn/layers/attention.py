@@ -182,7 +182,8 @@ class BahdanauLuongAttention(keras.layers.Layer):
         self.scale = bool(scale)
         self.window_mode = window_mode
         self.supports_masking = True
-        self.dropout_layer = keras.layers.Dropout(self.dropout, name="weights_dropout")
+        self.dropout_layer = keras.layers.Dropout(self.dropout, name="weights_dropout",
+                                                  dtype=self.dtype_policy)
 
     # ------------------------------------------------------------------ build
     def build(self, query_shape, memory_shape):
@@ -370,18 +371,20 @@ class BahdanauLuongAttention(keras.layers.Layer):
         gaussian = None
         if self.window is not None:
             center = self._window_center(query, memory, memory_mask, step, single_step)
-            distance = ops.cast(positions, scores.dtype)[None, None, :] - center[..., None]
+            distance = ops.cast(positions, "float32")[None, None, :] - center[..., None]
             inside = ops.abs(distance) <= self.window
             mask = inside if mask is None else ops.logical_and(mask, inside)
             if self.window_mode == "local-p":
                 sigma = self.window / 2.0
                 gaussian = ops.exp(-ops.square(distance) / (2.0 * sigma * sigma))
 
-        weights = masked_softmax(scores, mask)
+        # The softmax, the weights and the context in float32 under a mixed
+        # precision policy too (as Keras' own attention layers keep softmax).
+        weights = masked_softmax(ops.cast(scores, "float32"), mask)
         if gaussian is not None:
             weights = weights * gaussian
         attended = self.dropout_layer(weights, training=training)
-        context = ops.matmul(attended, ops.cast(memory, attended.dtype))
+        context = ops.matmul(attended, ops.cast(memory, "float32"))
         if single_step:
             context = ops.squeeze(context, 1)
             weights = ops.squeeze(weights, 1)
@@ -390,8 +393,9 @@ class BahdanauLuongAttention(keras.layers.Layer):
         return context
 
     def _window_center(self, query, memory, memory_mask, step, single_step):
-        """p_t for local attention, a float `(batch, T)` tensor."""
-        dtype = query.dtype
+        """p_t for local attention, a float32 `(batch, T)` tensor (positions in
+        bfloat16 are exact only up to 256)."""
+        dtype = "float32"
         batch = ops.shape(query)[0]
         num_queries = ops.shape(query)[1]
         if self.window_mode == "local-m":
@@ -411,7 +415,7 @@ class BahdanauLuongAttention(keras.layers.Layer):
         else:
             lengths = ops.sum(ops.cast(memory_mask, dtype), axis=-1)
         hidden = ops.tanh(ops.matmul(query, self.position_kernel))
-        fraction = ops.sigmoid(ops.sum(hidden * self.position_v, axis=-1))  # (B, T)
+        fraction = ops.sigmoid(ops.cast(ops.sum(hidden * self.position_v, axis=-1), dtype))
         return lengths[:, None] * fraction
 
     def compute_mask(self, query, mask=None):

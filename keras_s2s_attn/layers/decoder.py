@@ -84,26 +84,35 @@ class AttentionDecoder(keras.layers.Layer):
         states = cell.get_initial_state(batch, initial_state)
         prepared = cell.prepare_memory(memory) if cell.attention is not None else None
         time_major = ops.transpose(inputs, (1, 0, 2))
+        # Drawn before the loop (see `AttentionDecoderCell.dropout_masks`), sliced per step.
+        masks = cell.dropout_masks(batch, ops.shape(inputs)[1], training=training)
+
+        def masks_at(step):
+            return None if masks is None else keras.tree.map_structure(
+                lambda mask: ops.take(mask, step, axis=0), masks)
 
         if self.parallel:
             rnn_states, _ = cell.split_states(states)
 
             def rnn_only(carry, x):
-                output, new_states = cell.rnn_step(x, carry["states"], training=training)
-                new = {"states": new_states, "output": output}
+                output, new_states = cell.rnn_step(x, carry["states"], training=training,
+                                                   dropout_masks=masks_at(carry["step"]))
+                new = {"states": new_states, "output": output, "step": carry["step"] + 1}
                 return new, new
 
             init = {
                 "states": rnn_states,
                 "output": ops.zeros((batch, cell.top_output_size), inputs.dtype),
+                "step": ops.convert_to_tensor(0, "int32"),
             }
             final, history = ops.scan(rnn_only, init, time_major)
             top = ops.transpose(history["output"], (1, 0, 2))
             context, weights = cell.attend(
                 top, memory, memory_mask, prepared, step=0, training=training
             )
-            outputs = cell.dropout_layer(cell.combine(top, context, training=training),
-                                         training=training)
+            outputs = cell.combine(top, context, training=training)
+            if masks is not None:
+                outputs = outputs * ops.transpose(masks["output"], (1, 0, 2))
             final_states = final["states"]
         else:
 
@@ -111,6 +120,7 @@ class AttentionDecoder(keras.layers.Layer):
                 (output, weights), new_states = cell(
                     x_t, carry["states"], memory, memory_mask=memory_mask,
                     prepared_memory=prepared, step=carry["step"], training=training,
+                    dropout_masks=masks_at(carry["step"]),
                 )
                 new = {"states": new_states, "output": output, "step": carry["step"] + 1}
                 if weights is not None:
@@ -123,7 +133,7 @@ class AttentionDecoder(keras.layers.Layer):
                 "step": ops.convert_to_tensor(0, "int32"),
             }
             if cell.attention is not None:
-                init["weights"] = ops.zeros_like(ops.cast(memory[..., 0], inputs.dtype))
+                init["weights"] = ops.zeros_like(ops.cast(memory[..., 0], "float32"))
             # The carry and the per-step outputs have the same structure, and the
             # step counter rides in the carry rather than in `xs`, on purpose:
             # keras.ops.scan's TensorFlow implementation (Keras 3.15) stacks

@@ -67,6 +67,8 @@ class AttentionDecoderCell(keras.layers.Layer):
             per source; computed here when None.
         step: The decoder position t (local-m attention needs it).
         training: Python boolean.
+        dropout_masks: None (dropout draws its own masks), or this step's
+            slice of `dropout_masks(...)`, as `AttentionDecoder` passes.
 
     Returns:
         `((output, attention_weights), new_states)`: output `(batch,
@@ -118,18 +120,19 @@ class AttentionDecoderCell(keras.layers.Layer):
         self.attention_layer_size = attention_layer_size
         self.dropout = rate(dropout, "dropout")
         self.cell_type = cell_type
-        self.cells = self._make_cells(cell_type, units, num_layers)
+        self.cells = self._make_cells(cell_type, units, num_layers, self.dtype_policy)
         self.num_layers = len(self.cells)
-        self.dropout_layer = keras.layers.Dropout(self.dropout, name="dropout")
+        self.dropout_layer = keras.layers.Dropout(self.dropout, name="dropout",
+                                                  dtype=self.dtype_policy)
         self.output_dense = None
         if attention is not None and (style == "luong" or attention_layer_size is not None):
             self.output_dense = keras.layers.Dense(
                 attention_layer_size or units, activation="tanh", use_bias=False,
-                name="attention_layer",
+                name="attention_layer", dtype=self.dtype_policy,
             )
 
     @staticmethod
-    def _make_cells(cell_type, units, num_layers):
+    def _make_cells(cell_type, units, num_layers, dtype):
         if isinstance(cell_type, str):
             if cell_type not in CELL_TYPES:
                 raise ValueError(
@@ -139,7 +142,8 @@ class AttentionDecoderCell(keras.layers.Layer):
             make = keras.layers.GRUCell if cell_type == "gru" else keras.layers.LSTMCell
             # The cells' own dropout caches a mask per sequence, which cannot live
             # inside the step loop; this layer applies dropout itself.
-            return [make(units, name=f"{cell_type}_cell_{i}") for i in range(num_layers)]
+            return [make(units, name=f"{cell_type}_cell_{i}", dtype=dtype)
+                    for i in range(num_layers)]
         cells = cell_type if isinstance(cell_type, (list, tuple)) else [cell_type]
         cells = [
             keras.saving.deserialize_keras_object(c) if isinstance(c, dict) else c
@@ -248,14 +252,50 @@ class AttentionDecoderCell(keras.layers.Layer):
         feed = states[count] if self.input_feeding else None
         return states[:count], feed
 
+    # ---------------------------------------------------------------- dropout
+    def dropout_masks(self, batch_size, steps, training=None):
+        """This cell's dropout masks for `steps` steps, drawn at once.
+
+        `AttentionDecoder` draws them before its step loop and hands each step
+        its slice (`dropout_masks` of `call` and `rnn_step`): a draw inside the
+        loop would advance a seed generator from within `ops.scan`, which JAX
+        refuses. Every step still gets masks of its own.
+
+        Args:
+            batch_size: Batch size (int or scalar tensor).
+            steps: Number of steps.
+            training: Python boolean; no masks unless True.
+
+        Returns:
+            None without dropout, else `{"between": [...], "output": ...}`:
+            `(steps, batch, size)` masks (0, or 1 / (1 - rate)) for the output
+            of each stacked layer but the top one, and for the step's output.
+        """
+        if not training or not self.dropout:
+            return None
+
+        def draw(size):
+            ones = ops.ones((steps, batch_size, size), self.compute_dtype)
+            return keras.random.dropout(ones, self.dropout,
+                                        seed=self.dropout_layer.seed_generator)
+
+        between = [getattr(cell, "output_size", None) or _flat_sizes(cell.state_size)[0]
+                   for cell in self.cells[:-1]]
+        return {"between": [draw(size) for size in between], "output": draw(self.output_size)}
+
+    def _dropout(self, x, training, mask=None):
+        """Dropout on `x`: by `mask` (a step's slice of `dropout_masks`) when given."""
+        return x * mask if mask is not None else self.dropout_layer(x, training=training)
+
     # ------------------------------------------------------------ sub-steps
-    def rnn_step(self, inputs, rnn_states, training=None):
+    def rnn_step(self, inputs, rnn_states, training=None, dropout_masks=None):
         """Runs the stacked RNN one step.
 
         Args:
             inputs: `(batch, input_dim)`.
             rnn_states: Flat list of the RNN layers' states.
             training: Python boolean.
+            dropout_masks: None, or this step's slice of `dropout_masks(...)`.
 
         Returns:
             `(top_output, new_rnn_states)`.
@@ -268,7 +308,8 @@ class AttentionDecoderCell(keras.layers.Layer):
             cell_states = rnn_states[position: position + count]
             position += count
             if index > 0:
-                x = self.dropout_layer(x, training=training)
+                mask = None if dropout_masks is None else dropout_masks["between"][index - 1]
+                x = self._dropout(x, training, mask)
             x, cell_new = cell(x, cell_states if count > 1 else cell_states[0], training=training)
             cell_new = cell_new if isinstance(cell_new, (list, tuple)) else [cell_new]
             new_states.extend(cell_new)
@@ -283,13 +324,15 @@ class AttentionDecoderCell(keras.layers.Layer):
             memory, memory_mask, prepared_memory, step, training: As in `call`.
 
         Returns:
-            `(context, weights)`.
+            `(context, weights)`: the context in this cell's compute dtype, the
+            weights in float32 (as the attention computes both).
         """
-        return self.attention(
+        context, weights = self.attention(
             query, memory, memory_mask=memory_mask, step=step,
             prepared_memory=prepared_memory, training=training,
             return_attention_scores=True,
         )
+        return ops.cast(context, self.compute_dtype), weights
 
     def combine(self, rnn_output, context, training=None):
         """The step's output from the top RNN output and the context.
@@ -313,11 +356,13 @@ class AttentionDecoderCell(keras.layers.Layer):
 
     # ------------------------------------------------------------------- call
     def call(self, inputs, states, memory=None, memory_mask=None, prepared_memory=None,
-             step=None, training=None):
+             step=None, training=None, dropout_masks=None):
         rnn_states, feed = self.split_states(states)
+        output_mask = None if dropout_masks is None else dropout_masks["output"]
         if self.attention is None:
-            output, new_states = self.rnn_step(inputs, rnn_states, training=training)
-            return (self.dropout_layer(output, training=training), None), new_states
+            output, new_states = self.rnn_step(inputs, rnn_states, training=training,
+                                               dropout_masks=dropout_masks)
+            return (self._dropout(output, training, output_mask), None), new_states
         if prepared_memory is None:
             prepared_memory = self.prepare_memory(memory)
         if self.style == "bahdanau":
@@ -325,22 +370,23 @@ class AttentionDecoderCell(keras.layers.Layer):
             context, weights = self.attend(
                 query, memory, memory_mask, prepared_memory, step, training
             )
-            rnn_input = ops.concatenate([inputs, ops.cast(context, inputs.dtype)], axis=-1)
-            top, new_states = self.rnn_step(rnn_input, rnn_states, training=training)
+            rnn_input = ops.concatenate([inputs, context], axis=-1)
+            top, new_states = self.rnn_step(rnn_input, rnn_states, training=training,
+                                            dropout_masks=dropout_masks)
             output = self.combine(top, context, training=training)
         else:
             rnn_input = inputs
             if self.input_feeding:
                 rnn_input = ops.concatenate([inputs, feed], axis=-1)
-            top, new_states = self.rnn_step(rnn_input, rnn_states, training=training)
+            top, new_states = self.rnn_step(rnn_input, rnn_states, training=training,
+                                            dropout_masks=dropout_masks)
             context, weights = self.attend(
                 top, memory, memory_mask, prepared_memory, step, training
             )
             output = self.combine(top, context, training=training)
             if self.input_feeding:
                 new_states = new_states + [output]
-        output = self.dropout_layer(output, training=training)
-        return (output, weights), new_states
+        return (self._dropout(output, training, output_mask), weights), new_states
 
     def _top_hidden(self, rnn_states):
         """The top layer's hidden state (the first state tensor of the top cell)."""

@@ -63,15 +63,18 @@ class Encoder(keras.layers.Layer):
         self.bidirectional = bool(bidirectional)
         self.dropout = rate(dropout, "dropout")
         self.supports_masking = True
-        self.embedding = keras.layers.Embedding(vocab_size, embedding_dim, name="embedding")
-        self.dropout_layer = keras.layers.Dropout(self.dropout, name="dropout")
+        # Sub-layers compute in this layer's dtype policy (e.g. mixed_bfloat16).
+        policy = self.dtype_policy
+        self.embedding = keras.layers.Embedding(vocab_size, embedding_dim, name="embedding",
+                                                dtype=policy)
+        self.dropout_layer = keras.layers.Dropout(self.dropout, name="dropout", dtype=policy)
         rnn_class = keras.layers.GRU if cell_type == "gru" else keras.layers.LSTM
         self.rnns = []
         for i in range(num_layers):
             rnn = rnn_class(units, return_sequences=True, return_state=True,
-                            name=f"{cell_type}_{i}")
+                            name=f"{cell_type}_{i}", dtype=policy)
             if self.bidirectional:
-                rnn = keras.layers.Bidirectional(rnn, name=f"bidirectional_{i}")
+                rnn = keras.layers.Bidirectional(rnn, name=f"bidirectional_{i}", dtype=policy)
             self.rnns.append(rnn)
 
     @property
@@ -154,7 +157,8 @@ class StateBridge(keras.layers.Layer):
             )
         self.state_sizes = state_sizes
         self.projections = [
-            keras.layers.Dense(size, activation="tanh", name=f"state_{i}")
+            keras.layers.Dense(size, activation="tanh", name=f"state_{i}",
+                               dtype=self.dtype_policy)
             for i, size in enumerate(state_sizes)
         ]
 
