@@ -11,7 +11,6 @@ import tensorflow as tf
 from keras_s2s_attn.callbacks import build_optimizer
 from keras_s2s_attn.export import export_saved_model
 from keras_s2s_attn.runs import load_run
-from keras_s2s_attn.training import train
 from keras_s2s_attn.translation import Translator
 from tests.conftest import run_cli
 from tests.serving_fixtures import write_pairs
@@ -29,7 +28,7 @@ def test_mixed_precision_run_trains_and_exports_its_translations(tmp_path, capsy
     summary = json.loads(out)
     assert np.isfinite(summary["val_loss"]) and summary["val_accuracy"] > 0.3
     assert json.loads((run / "config.json").read_text())["mixed_precision"] == "mixed_bfloat16"
-    model, source, target, _ = load_run(run)
+    model, _, _, _ = load_run(run)
     assert model.get_layer("decoder").compute_dtype == "bfloat16"
     assert all(weight.dtype == "float32" for weight in model.weights)
     # The loss reads float32 logits.
