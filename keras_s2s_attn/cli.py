@@ -230,6 +230,49 @@ def _average(args):
     return 0
 
 
+def _add_distill(subparsers):
+    parser = subparsers.add_parser(
+        "distill", help="write a training set whose targets are a teacher's translations",
+        description="Sequence-level knowledge distillation (Kim & Rush 2016): translate the "
+                    "sources of --train with the TEACHER (a run directory or an exported "
+                    "model; several run directories decode as one ensemble), by default with "
+                    "beam search, and write the pairs (source, translation) to --out as TSV, "
+                    "to train a student on: s2s-attn train --train OUT.")
+    parser.add_argument("teachers", nargs="+", metavar="TEACHER")
+    parser.add_argument("--train", required=True, help="the training pairs (.tsv or .csv)")
+    parser.add_argument("--out", required=True, help="the TSV file to write")
+    parser.add_argument("--keep-references", action="store_true",
+                        help="also write every original pair, after the distilled ones")
+    parser.add_argument("--batch-size", type=_positive_int, default=256,
+                        help="sources translated per call")
+    parser.add_argument("--source-column", type=_column, default=0)
+    parser.add_argument("--target-column", type=_column, default=1)
+    parser.add_argument("--header", action="store_true", help="the first row holds names")
+    parser.add_argument("--on-bad-row", default="error", choices=["error", "skip"])
+    _add_strategy_choice(parser)
+    parser.set_defaults(handler=_distill)
+
+
+def _distill(args):
+    from keras_s2s_attn.distillation import distill_pairs
+
+    def progress(done, total):
+        print(f"\r{done}/{total} sources", end="", file=sys.stderr, flush=True)
+
+    summary = distill_pairs(args.teachers, args.train, args.out,
+                            strategy=_strategy(args, default="beam"),
+                            keep_references=args.keep_references, batch_size=args.batch_size,
+                            source_column=args.source_column, target_column=args.target_column,
+                            header=args.header or None, on_bad_row=args.on_bad_row,
+                            progress=progress)
+    print(file=sys.stderr)
+    if summary["empty"]:
+        print(f"note: the teacher answered {summary['empty']} of {summary['pairs']} sources "
+              "with nothing; they have no distilled row", file=sys.stderr)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
 def _add_export(subparsers):
     parser = subparsers.add_parser(
         "export", help="export a run as a TF Serving SavedModel",
@@ -327,8 +370,9 @@ def _add_strategy_choice(parser):
     _add_decoding_flags(parser, given_only=True)
 
 
-def _strategy(args):
-    """The strategy object translate/evaluate decode with, from the flags given."""
+def _strategy(args, default="greedy"):
+    """The strategy object translate/evaluate/distill decode with, from the flags
+    given (`default` when none are)."""
     from keras_s2s_attn.decoding import BeamSearch, SamplingSearch, get_strategy
     from keras_s2s_attn.options import BeamOptions, SamplingOptions
 
@@ -336,7 +380,8 @@ def _strategy(args):
     beam_given = any(getattr(args, name) is not None for name in vars(beam))
     sampling_given = any(getattr(args, name) is not None for name in vars(sampling))
     name = args.strategy or ("sample" if sampling_given else
-                             "beam" if beam_given and (args.beam_width or 2) > 1 else "greedy")
+                             "beam" if beam_given and (args.beam_width or 2) > 1 else
+                             "greedy" if beam_given else default)
     if (name != "beam" and beam_given and (args.beam_width or 1) > 1) or (
             name != "sample" and sampling_given):
         raise ValueError(f"--strategy {name}: the beam or sampling options given belong to "
@@ -679,8 +724,8 @@ def _parser():
     )
     subparsers = parser.add_subparsers(dest="command", required=True,
                                        parser_class=_IntermixedParser)
-    for add in (_add_train, _add_average, _add_export, _add_translate, _add_evaluate,
-                _add_serve):
+    for add in (_add_train, _add_average, _add_distill, _add_export, _add_translate,
+                _add_evaluate, _add_serve):
         add(subparsers)
     for subparser in subparsers.choices.values():
         subparser.add_argument("--verbose", action="store_true",

@@ -38,8 +38,8 @@ def test_help_imports_no_tensorflow():
         import contextlib, io, sys
         from keras_s2s_attn.cli import main
         for argv in (["--help"], *([name, "--help"] for name in
-                                   ("train", "average", "export", "translate", "evaluate",
-                                    "serve"))):
+                                   ("train", "average", "distill", "export", "translate",
+                                    "evaluate", "serve"))):
             with contextlib.redirect_stdout(io.StringIO()) as shown:
                 try:
                     main(argv)

@@ -18,7 +18,7 @@ RANKS = {
     "generation": 3, "averaging": 3,
     "decoding": 4,
     "training": 5, "translation": 5,
-    "export": 6, "serving": 6,
+    "export": 6, "serving": 6, "distillation": 6,
     "cli": 7,
 }
 # Names the lazy package `__init__`s hand out: they import nothing at import time.
