@@ -74,7 +74,7 @@ def build_optimizer(model):
 def ema_variables(model):
     """`(variables, averages)` of a compiled `model` whose optimizer keeps an
     exponential moving average of the weights (`use_ema=True`), else None."""
-    optimizer = model.optimizer
+    optimizer = getattr(model, "optimizer", None)  # none before `compile`
     optimizer = getattr(optimizer, "inner_optimizer", optimizer)  # LossScaleOptimizer
     if optimizer is None or not getattr(optimizer, "use_ema", False) or not optimizer.built:
         return None
@@ -150,7 +150,8 @@ class RunCheckpoint(keras.callbacks.Callback):
         run_dir: The run directory.
         metrics_file: Name of the CSV file in it.
         best_file: Name of the best-model file in it.
-        monitor: The quantity that picks the best model (lower is better).
+        monitor: The logged quantity that picks the best model.
+        mode: `"min"` (lower is better, as a loss) or `"max"`.
         sync: None, or `sync(model, epoch) -> epoch`, called after the restore
             with the epoch restored: what the workers of a multi-worker run
             use to all start from the chief's state.
@@ -163,8 +164,10 @@ class RunCheckpoint(keras.callbacks.Callback):
     """
 
     def __init__(self, run_dir, metrics_file="metrics.csv", best_file="best.keras",
-                 monitor="val_loss", sync=None, keep=1):
+                 monitor="val_loss", sync=None, keep=1, mode="min"):
         super().__init__()
+        if mode not in ("min", "max"):
+            raise ValueError(f"`mode` must be 'min' or 'max'. Received: mode={mode!r}")
         if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
             raise ValueError(f"`keep` must be a positive integer. Received: keep={keep!r}")
         self.sync, self.keep = sync, keep
@@ -172,8 +175,8 @@ class RunCheckpoint(keras.callbacks.Callback):
         self.backup_dir = os.path.join(self.run_dir, BACKUP_DIR)
         self.csv_path = os.path.join(self.run_dir, metrics_file)
         self.best_path = os.path.join(self.run_dir, best_file)
-        self.monitor = monitor
-        self.best = math.inf
+        self.monitor, self.sign = monitor, 1.0 if mode == "min" else -1.0
+        self.best = math.inf  # of sign * value: lower is better
 
     # ----------------------------------------------------------------- resume
     def on_train_begin(self, logs=None):
@@ -188,7 +191,7 @@ class RunCheckpoint(keras.callbacks.Callback):
         if len(kept) != len(rows):
             self._write_rows(kept, list(rows[0]))
         values = [float(row[self.monitor]) for row in kept if row.get(self.monitor)]
-        self.best = min((v for v in values if math.isfinite(v)), default=math.inf)
+        self.best = min((self.sign * v for v in values if math.isfinite(v)), default=math.inf)
 
     def _restore(self):
         state_dir = _state_dir(self.run_dir)
@@ -207,8 +210,9 @@ class RunCheckpoint(keras.callbacks.Callback):
         self._write_rows(rows + [row], list(rows[0]) if rows else list(row))
 
         value = logs.get(self.monitor)
-        if value is not None and math.isfinite(float(value)) and float(value) < self.best:
-            self.best = float(value)
+        if value is not None and math.isfinite(float(value)) and (
+                self.sign * float(value) < self.best):
+            self.best = self.sign * float(value)
             with ema_weights(self.model):
                 replace_atomically(self.best_path, lambda path: self.model.save(path))
         if all(math.isfinite(value) for value in row.values()):

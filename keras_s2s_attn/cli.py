@@ -120,6 +120,9 @@ def _add_train(subparsers):
     parser.add_argument("--mixed-precision", action="store_true",
                         help="compute in float16 on a GPU, bfloat16 on CPU, with float32 "
                              "weights, logits and attention (Keras mixed precision)")
+    parser.add_argument("--select-by", default="loss", choices=["loss", *METRICS],
+                        help="what picks best.keras: the validation loss, or a metric of the "
+                             "validation set's greedy translations at each epoch end")
     parser.add_argument("--ema", type=float, metavar="DECAY",
                         help="keep an exponential moving average of the weights (e.g. 0.999): "
                              "validation, best.keras and model.keras use it")
@@ -158,7 +161,8 @@ def _train(args):
                 epochs=args.epochs, batch_size=args.batch_size,
                 learning_rate=args.learning_rate, label_smoothing=args.label_smoothing,
                 ema=args.ema, keep_checkpoints=args.keep_checkpoints,
-                mixed_precision=args.mixed_precision, **_model_options(args),
+                mixed_precision=args.mixed_precision, select_by=args.select_by,
+                **_model_options(args),
                 max_source_length=args.max_source_length,
                 max_target_length=args.max_target_length, on_bad_row=args.on_bad_row,
                 source_column=args.source_column, target_column=args.target_column,
@@ -580,19 +584,13 @@ def _metrics(text):
 
 def _units(tokenizer):
     """`evaluate_texts`' `tokenize` and `normalize` from the model's target tokenizer."""
+    from keras_s2s_attn.evaluation import tokenizer_units
+
     if tokenizer is None:
         print("note: this export records no tokenizer (it predates them): per counts "
               "whitespace-separated tokens", file=sys.stderr)
         return {}
-
-    def tokenize(texts):
-        return [[token.decode("utf-8") for token in row]
-                for row in tokenizer.tokenize(texts).to_list()]
-
-    def normalize(texts):
-        return [text.decode("utf-8") for text in tokenizer.normalize(texts).numpy()]
-
-    return {"tokenize": tokenize, "normalize": normalize}
+    return tokenizer_units(tokenizer)
 
 
 def _evaluate(args):

@@ -49,6 +49,20 @@ def characters(normalize=None):
     return split
 
 
+def tokenizer_units(tokenizer):
+    """`evaluate_texts`' `tokenize` and `normalize` arguments from a target
+    tokenizer (`keras_s2s_attn.text`): `per` then counts its tokens, and `cer`
+    the characters of its normalised text."""
+    def tokenize(texts):
+        return [[token.decode("utf-8") for token in row]
+                for row in tokenizer.tokenize(texts).to_list()]
+
+    def normalize(texts):
+        return [text.decode("utf-8") for text in tokenizer.normalize(texts).numpy()]
+
+    return {"tokenize": tokenize, "normalize": normalize}
+
+
 def _in_units(hypotheses, references, split):
     """Hypotheses and references as unit sequences, `split` called once on them all."""
     flat = [reference for alternatives in references for reference in alternatives]

@@ -49,6 +49,7 @@ from keras_s2s_attn.models import (
     MaskedSparseCategoricalCrossentropy,
     build_seq2seq_model,
 )
+from keras_s2s_attn.evaluation import METRICS
 from keras_s2s_attn.options import CELL_TYPES, SCORES, STYLES, WINDOW_MODES, ModelOptions
 from keras_s2s_attn.runs import (
     BEST_MODEL,
@@ -58,6 +59,7 @@ from keras_s2s_attn.runs import (
     SOURCE_VOCAB,
     TARGET_VOCAB,
 )
+from keras_s2s_attn.selection import HIGHER_IS_BETTER, ValidationMetric
 from keras_s2s_attn.text import load_tokenizer, make_tokenizer
 
 STRATEGIES = ("default", "mirrored", "multi-worker")
@@ -83,7 +85,7 @@ def train(train_data, out, *, valid_data=None, tokenizer="char", source_tokenize
           target_tokenizer=None, source_vocab=None, target_vocab=None, lower=False,
           normalization="NFKC", max_vocab_size=None, min_count=1, epochs=None, batch_size=64,
           learning_rate=1e-3, label_smoothing=0.0, ema=None, keep_checkpoints=1,
-          mixed_precision=False,
+          mixed_precision=False, select_by="loss",
           embedding_dim=ModelOptions.embedding_dim, units=ModelOptions.units,
           encoder_layers=ModelOptions.encoder_layers, decoder_layers=ModelOptions.decoder_layers,
           cell_type=ModelOptions.cell_type, attention=ModelOptions.attention,
@@ -129,6 +131,12 @@ def train(train_data, out, *, valid_data=None, tokenizer="char", source_tokenize
             instructions: AVX-512 BF16, AMX). The attention's softmax and
             weights, the logits and the loss stay float32. The run records
             the policy chosen, and a resume keeps it.
+        select_by: What picks `best.keras` (and the summary's best epoch):
+            `"loss"` (the validation loss), or a metric of
+            `evaluation.METRICS` (`"wer"`, `"bleu"`, ...) computed on the
+            greedy translations of the whole validation set at each epoch end
+            (`selection.ValidationMetric`; logged as `val_wer`, ...). The
+            learning-rate decay and early stopping still follow the loss.
         keep_checkpoints: How many epochs' training states to keep under
             `backup/` (the last one resumes): `averaging.average_run` (`s2s-attn
             average`) averages the weights of the last N of them.
@@ -192,10 +200,15 @@ def train(train_data, out, *, valid_data=None, tokenizer="char", source_tokenize
     if role is not None:
         distributed.work_around_keras_multi_worker_fit(model, train_ds, distribution)
     _write_run(out, config, source_tok, target_tok, new=not resume)
+    selector = None if config["select_by"] == "loss" else ValidationMetric(
+        config["select_by"], *valid_pairs, source_tok, target_tok,
+        max_source_length=config["max_source_length"])
     checkpoint = RunCheckpoint(out, metrics_file=METRICS_FILE, best_file=BEST_MODEL,
                                sync=None if role is None else distributed.chief_state_sync(
-                                   distribution), keep=config["keep_checkpoints"])
-    summary = _fit(model, train_ds, valid_ds, _callbacks(out, config, checkpoint, callbacks),
+                                   distribution), keep=config["keep_checkpoints"],
+                               **_selected_by(selector))
+    own = [checkpoint] if selector is None else [selector, checkpoint]  # it logs, then picks
+    summary = _fit(model, train_ds, valid_ds, _callbacks(out, config, own, callbacks),
                    config, out, stats, verbose)
     if role is not None and not role.is_chief and not summary["diverged"]:
         shutil.rmtree(out, ignore_errors=True)  # a worker's own copy, kept only to resume
@@ -254,7 +267,7 @@ def _new_config(out, options):
             "batch_size", "learning_rate", "label_smoothing", "max_source_length",
             "max_target_length", "valid_percent", "on_bad_row", "source_column",
             "target_column", "header", "seed", "strategy", "lr_decay", "early_stopping",
-            "ema", "keep_checkpoints")},
+            "ema", "keep_checkpoints", "select_by")},
         "mixed_precision": _mixed_policy() if options["mixed_precision"] else None,
         "model": {name: options[name] for name in (
             "embedding_dim", "units", "encoder_layers", "decoder_layers", "cell_type",
@@ -290,6 +303,7 @@ def _resumed_config(out, train_data, valid_data, epochs, early_stopping):
     config.setdefault("ema", None)
     config.setdefault("keep_checkpoints", 1)
     config.setdefault("mixed_precision", None)
+    config.setdefault("select_by", "loss")
     _check_config(config)
     done = saved_epoch(out)
     if done == 0 and os.path.exists(os.path.join(out, FINAL_MODEL)):
@@ -330,6 +344,7 @@ def _check_config(config):
     positive_int(config["keep_checkpoints"], "keep_checkpoints")
     _one_of(config["mixed_precision"], (None, "mixed_float16", "mixed_bfloat16"),
             "mixed_precision")
+    _one_of(config["select_by"], ("loss", *METRICS), "select_by")
     if config["ema"] is not None:
         _between(config["ema"], 0, 1, "ema")
     _one_of(config["on_bad_row"], data_lib.ON_BAD_ROW, "on_bad_row")
@@ -457,9 +472,16 @@ def _write_run(out, config, source_tok, target_tok, new):
     os.replace(path + ".tmp", path)  # a resume rewrites it: never leave half a file
 
 
-def _callbacks(out, config, checkpoint, extra):
-    """The run's own callbacks (`checkpoint` first), then `extra`."""
-    own = [checkpoint, keras.callbacks.TerminateOnNaN()]
+def _selected_by(selector):
+    """`RunCheckpoint`'s `monitor` and `mode` for a `ValidationMetric` (None: the loss)."""
+    if selector is None:
+        return {"monitor": "val_loss", "mode": "min"}
+    return {"monitor": selector.monitor, "mode": selector.mode}
+
+
+def _callbacks(out, config, first, extra):
+    """The run's own callbacks (those of `first` first), then `extra`."""
+    own = [*first, keras.callbacks.TerminateOnNaN()]
     if config["ema"] is not None:  # validation (val_loss: the best epoch) with the averages
         own.append(EMAValidation())
     if config["lr_decay"]:
@@ -489,7 +511,7 @@ def _fit(model, train_ds, valid_ds, callbacks, config, out, stats, verbose):
         stopped = ("the loss became NaN/inf: training stopped (TerminateOnNaN); "
                    f"the last good model is {os.path.join(out, BEST_MODEL)}")
     else:
-        if config["ema"] is not None and any(
+        if config["ema"] is not None and config["select_by"] == "loss" and any(
                 isinstance(callback, keras.callbacks.EarlyStopping) and callback.best_weights
                 for callback in callbacks):
             # EarlyStopping put back the best epoch's raw weights; best.keras holds its averages.
@@ -500,13 +522,16 @@ def _fit(model, train_ds, valid_ds, callbacks, config, out, stats, verbose):
     if stopped:
         print(f"{'error' if diverged else 'note'}: {stopped}", file=sys.stderr)
     finished = [row for row in rows if math.isfinite(float(row["val_loss"]))]
-    best = min(finished, key=lambda row: float(row["val_loss"]), default=None)
+    best = _best_row(finished, config["select_by"])
     summary = {
         "run_dir": out,
         "epochs_trained": len(rows),
         "best_epoch": None if best is None else int(best["epoch"]) + 1,
         "val_loss": None if best is None else float(best["val_loss"]),
         "val_accuracy": None if best is None else float(best["val_accuracy"]),
+        **({} if config["select_by"] == "loss" else {
+            f"val_{config['select_by']}": None if best is None
+            else float(best[f"val_{config['select_by']}"])}),
         "stopped": stopped,
         "diverged": diverged,
         "seconds": round(seconds, 1),
@@ -517,6 +542,14 @@ def _fit(model, train_ds, valid_ds, callbacks, config, out, stats, verbose):
               f"{summary['val_loss']:.4f}, val token accuracy {summary['val_accuracy']:.2%}",
               file=sys.stderr)
     return summary
+
+
+def _best_row(rows, select_by):
+    """The metrics row of the best epoch by `select_by` (see `train`), or None."""
+    if select_by == "loss":
+        return min(rows, key=lambda row: float(row["val_loss"]), default=None)
+    sign = -1.0 if select_by in HIGHER_IS_BETTER else 1.0
+    return min(rows, key=lambda row: sign * float(row[f"val_{select_by}"]), default=None)
 
 
 def _early_stop(model, callbacks, epochs_done, epochs):

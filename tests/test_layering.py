@@ -17,8 +17,8 @@ RANKS = {
     "models": 2, "data": 2, "runs": 2, "saved_models": 2, "distributed": 2,
     "generation": 3, "averaging": 3,
     "decoding": 4,
-    "training": 5, "translation": 5,
-    "export": 6, "serving": 6, "distillation": 6,
+    "translation": 5, "selection": 5,
+    "export": 6, "serving": 6, "distillation": 6, "training": 6,
     "cli": 7,
 }
 # Names the lazy package `__init__`s hand out: they import nothing at import time.
