@@ -59,6 +59,18 @@ def _options(args, options_class):
                             if getattr(args, field.name, None) is not None})
 
 
+def _add_pair_file_flags(parser):
+    """How --train's pairs file is read (train, distill): `data.read_pairs`' options."""
+    parser.add_argument("--on-bad-row", default="error", choices=["error", "skip"],
+                        help="a malformed row (a missing column, bytes that are not UTF-8, an "
+                             "empty side, a line over 64 KiB) stops the run with its file:line "
+                             "(error), or is skipped with a warning (skip)")
+    parser.add_argument("--source-column", type=_column, default=0,
+                        help="column index or name (a name implies a header row)")
+    parser.add_argument("--target-column", type=_column, default=1)
+    parser.add_argument("--header", action="store_true", help="the first row holds names")
+
+
 def _add_train(subparsers):
     parser = subparsers.add_parser(
         "train", help="train a model on a file of source/target pairs",
@@ -97,14 +109,7 @@ def _add_train(subparsers):
     _add_option_flags(model, ModelOptions, given_only=True)
     parser.add_argument("--max-source-length", type=_positive_int)
     parser.add_argument("--max-target-length", type=_positive_int)
-    parser.add_argument("--on-bad-row", default="error", choices=["error", "skip"],
-                        help="a malformed row (a missing column, bytes that are not UTF-8, an "
-                             "empty side, a line over 64 KiB) stops the run with its file:line "
-                             "(error), or is skipped with a warning (skip)")
-    parser.add_argument("--source-column", type=_column, default=0,
-                        help="column index or name (a name implies a header row)")
-    parser.add_argument("--target-column", type=_column, default=1)
-    parser.add_argument("--header", action="store_true", help="the first row holds names")
+    _add_pair_file_flags(parser)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--strategy", default="default",
                         choices=["default", "mirrored", "multi-worker"],
@@ -249,10 +254,7 @@ def _add_distill(subparsers):
                         help="also write every original pair, after the distilled ones")
     parser.add_argument("--batch-size", type=_positive_int, default=256,
                         help="sources translated per call")
-    parser.add_argument("--source-column", type=_column, default=0)
-    parser.add_argument("--target-column", type=_column, default=1)
-    parser.add_argument("--header", action="store_true", help="the first row holds names")
-    parser.add_argument("--on-bad-row", default="error", choices=["error", "skip"])
+    _add_pair_file_flags(parser)
     _add_strategy_choice(parser)
     parser.set_defaults(handler=_distill)
 
