@@ -125,6 +125,10 @@ def _add_train(subparsers):
     parser.add_argument("--mixed-precision", action="store_true",
                         help="compute in float16 on a GPU, bfloat16 on CPU, with float32 "
                              "weights, logits and attention (Keras mixed precision)")
+    parser.add_argument("--scheduled-sampling", metavar="linear:P|constant:P",
+                        help="feed the model's own previous prediction instead of the true "
+                             "token with a probability rising from 0 to P over the run "
+                             "(linear) or P throughout (Bengio et al. 2015)")
     parser.add_argument("--select-by", default="loss", choices=["loss", *METRICS],
                         help="what picks best.keras: the validation loss, or a metric of the "
                              "validation set's greedy translations at each epoch end")
@@ -167,6 +171,7 @@ def _train(args):
                 learning_rate=args.learning_rate, label_smoothing=args.label_smoothing,
                 ema=args.ema, keep_checkpoints=args.keep_checkpoints,
                 mixed_precision=args.mixed_precision, select_by=args.select_by,
+                scheduled_sampling=args.scheduled_sampling,
                 **_model_options(args),
                 max_source_length=args.max_source_length,
                 max_target_length=args.max_target_length, on_bad_row=args.on_bad_row,

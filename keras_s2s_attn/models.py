@@ -38,6 +38,8 @@ def build_seq2seq_model(
     normalize_attention=ModelOptions.normalize_attention,
     dropout=ModelOptions.dropout,
     dtype=None,
+    sampling_probability=None,
+    sampling_steps=0,
     name="seq2seq",
 ):
     """Builds an attention encoder-decoder as a functional `keras.Model`.
@@ -73,6 +75,10 @@ def build_seq2seq_model(
             global policy (float32 unless set). The attention's softmax and
             weights and the output projection (the logits the loss reads)
             stay float32 under any policy.
+        sampling_probability, sampling_steps: Scheduled sampling in training
+            (see `AttentionDecoder`): feed the model's own previous prediction
+            instead of the true token with a probability that rises from 0
+            to `sampling_probability` over `sampling_steps` training steps.
         name: Model name.
 
     Returns:
@@ -147,20 +153,33 @@ def build_seq2seq_model(
         cell_type=cell_type, dropout=dropout, name=ENCODER, dtype=dtype,
     )(source_ids)
     initial_state = StateBridge(cell.rnn_state_sizes, name=BRIDGE, dtype=dtype)(summary)
-    embedded = keras.layers.Embedding(
+    embedding = keras.layers.Embedding(
         target_vocab_size, embedding_dim, name=TARGET_EMBEDDING, dtype=dtype
-    )(target_ids)
-    embedded = keras.layers.Dropout(dropout, name="target_dropout", dtype=dtype)(embedded)
-    decoded = AttentionDecoder(cell, name=DECODER, dtype=dtype)(
-        embedded, memory, initial_state=initial_state
     )
+    embedded = keras.layers.Dropout(dropout, name="target_dropout", dtype=dtype)(
+        embedding(target_ids))
+    decoder = AttentionDecoder(cell, name=DECODER, dtype=dtype,
+                               sampling_probability=sampling_probability,
+                               sampling_steps=sampling_steps)
+    decoded = decoder(embedded, memory, initial_state=initial_state)
     outputs = decoded[0] if isinstance(decoded, (list, tuple)) else decoded
     # float32 logits under a mixed policy too: the softmax and the loss need the range.
-    logits = keras.layers.Dense(target_vocab_size, name=OUTPUT_PROJECTION,
-                                dtype="float32")(outputs)
+    projection = keras.layers.Dense(target_vocab_size, name=OUTPUT_PROJECTION, dtype="float32")
+    decoder.set_feedback(embedding, projection)
     return keras.Model(
-        inputs={"source_ids": source_ids, "target_ids": target_ids}, outputs=logits, name=name
+        inputs={"source_ids": source_ids, "target_ids": target_ids},
+        outputs=projection(outputs), name=name
     )
+
+
+def link_feedback(model):
+    """Links a `build_seq2seq_model` model's decoder to its target embedding and
+    output projection (`AttentionDecoder.set_feedback`), as the builder does;
+    needed to train a model loaded from a file with scheduled sampling.
+    Returns `model`."""
+    model.get_layer(DECODER).set_feedback(model.get_layer(TARGET_EMBEDDING),
+                                          model.get_layer(OUTPUT_PROJECTION))
+    return model
 
 
 def attention_model(model):

@@ -85,7 +85,7 @@ def train(train_data, out, *, valid_data=None, tokenizer="char", source_tokenize
           target_tokenizer=None, source_vocab=None, target_vocab=None, lower=False,
           normalization="NFKC", max_vocab_size=None, min_count=1, epochs=None, batch_size=64,
           learning_rate=1e-3, label_smoothing=0.0, ema=None, keep_checkpoints=1,
-          mixed_precision=False, select_by="loss",
+          mixed_precision=False, select_by="loss", scheduled_sampling=None,
           embedding_dim=ModelOptions.embedding_dim, units=ModelOptions.units,
           encoder_layers=ModelOptions.encoder_layers, decoder_layers=ModelOptions.decoder_layers,
           cell_type=ModelOptions.cell_type, attention=ModelOptions.attention,
@@ -131,6 +131,11 @@ def train(train_data, out, *, valid_data=None, tokenizer="char", source_tokenize
             instructions: AVX-512 BF16, AMX). The attention's softmax and
             weights, the logits and the loss stay float32. The run records
             the policy chosen, and a resume keeps it.
+        scheduled_sampling: None, or `"linear:P"` or `"constant:P"`: in
+            training, feed the model's own previous prediction instead of the
+            true token with a probability that rises linearly from 0 to P
+            over all the run's steps (or is P throughout; Bengio et al. 2015,
+            `AttentionDecoder`). P in [0, 1]; P = 0 is plain teacher forcing.
         select_by: What picks `best.keras` (and the summary's best epoch):
             `"loss"` (the validation loss), or a metric of
             `evaluation.METRICS` (`"wer"`, `"bleu"`, ...) computed on the
@@ -196,7 +201,7 @@ def train(train_data, out, *, valid_data=None, tokenizer="char", source_tokenize
                                           workers=workers)
     # The model first: options it refuses must leave no run directory behind.
     model = _compiled_model(config, source_tok.vocabulary_size, target_tok.vocabulary_size,
-                            distribution)
+                            distribution, steps=config["epochs"] * int(train_ds.cardinality()))
     if role is not None:
         distributed.work_around_keras_multi_worker_fit(model, train_ds, distribution)
     _write_run(out, config, source_tok, target_tok, new=not resume)
@@ -267,7 +272,7 @@ def _new_config(out, options):
             "batch_size", "learning_rate", "label_smoothing", "max_source_length",
             "max_target_length", "valid_percent", "on_bad_row", "source_column",
             "target_column", "header", "seed", "strategy", "lr_decay", "early_stopping",
-            "ema", "keep_checkpoints", "select_by")},
+            "ema", "keep_checkpoints", "select_by", "scheduled_sampling")},
         "mixed_precision": _mixed_policy() if options["mixed_precision"] else None,
         "model": {name: options[name] for name in (
             "embedding_dim", "units", "encoder_layers", "decoder_layers", "cell_type",
@@ -304,6 +309,7 @@ def _resumed_config(out, train_data, valid_data, epochs, early_stopping):
     config.setdefault("keep_checkpoints", 1)
     config.setdefault("mixed_precision", None)
     config.setdefault("select_by", "loss")
+    config.setdefault("scheduled_sampling", None)
     _check_config(config)
     done = saved_epoch(out)
     if done == 0 and os.path.exists(os.path.join(out, FINAL_MODEL)):
@@ -345,6 +351,8 @@ def _check_config(config):
     _one_of(config["mixed_precision"], (None, "mixed_float16", "mixed_bfloat16"),
             "mixed_precision")
     _one_of(config["select_by"], ("loss", *METRICS), "select_by")
+    if config["scheduled_sampling"] is not None:
+        sampling_schedule(config["scheduled_sampling"])
     if config["ema"] is not None:
         _between(config["ema"], 0, 1, "ema")
     _one_of(config["on_bad_row"], data_lib.ON_BAD_ROW, "on_bad_row")
@@ -427,10 +435,32 @@ def _datasets(config, pairs, valid_pairs, source_tok, target_tok, replicas, work
     return train_ds, valid_ds, stats
 
 
-def _compiled_model(config, source_vocab_size, target_vocab_size, distribution):
-    """The model of `config["model"]`, compiled with Adam and the masked loss."""
+def sampling_schedule(spec):
+    """`(kind, probability)` of a `scheduled_sampling` value: `"linear:P"` or `"constant:P"`."""
+    kind, _, probability = str(spec).partition(":")
+    try:
+        probability = float(probability)
+    except ValueError:
+        probability = None
+    if kind not in ("linear", "constant") or probability is None or not 0 <= probability <= 1:
+        raise ValueError("`scheduled_sampling` must be 'linear:P' or 'constant:P' with P in "
+                         f"[0, 1]. Received: scheduled_sampling={spec!r}")
+    return kind, probability
+
+
+def _compiled_model(config, source_vocab_size, target_vocab_size, distribution, steps):
+    """The model of `config["model"]`, compiled with Adam and the masked loss (`steps`:
+    the run's training steps in all, which a linear sampling schedule spans)."""
     with distribution.scope():
         model_options = dict(config["model"])
+        if config["scheduled_sampling"] is not None:
+            kind, probability = sampling_schedule(config["scheduled_sampling"])
+            if kind == "linear" and steps <= 0:
+                raise ValueError("`scheduled_sampling`: a linear schedule needs the number of "
+                                 "training batches, which this dataset does not know; use "
+                                 "'constant:P'.")
+            model_options.update(sampling_probability=probability,
+                                 sampling_steps=steps if kind == "linear" else 0)
         if model_options["attention"] == "location":
             model_options["max_source_length"] = config["max_source_length"]
         policy = config["mixed_precision"]

@@ -169,3 +169,69 @@ def test_decoder_needs_a_cell_and_3d_inputs():
     cell = decoder.cell
     with pytest.raises(ValueError, match="rnn_states"):
         cell.get_initial_state(B, [np.zeros((B, UNITS)), np.zeros((B, UNITS))])
+
+
+def scheduled_models(**sampling):
+    """A plain model and one with scheduled sampling, sharing every weight value."""
+    from keras_s2s_attn import build_seq2seq_model
+
+    options = {"embedding_dim": 8, "units": 16, "dropout": 0.0}
+    plain = build_seq2seq_model(12, 12, **options)
+    sampled = build_seq2seq_model(12, 12, **options, **sampling)
+    values = {weight.path: weight for weight in plain.weights}
+    for weight in sampled.weights:
+        if weight.path in values:
+            weight.assign(values[weight.path])
+    return plain, sampled
+
+
+def sampling_inputs():
+    from keras_s2s_attn.synthetic import reversal_task
+
+    inputs, _ = reversal_task(16, min_length=2, max_length=6, num_symbols=8, seed=0)
+    return inputs
+
+
+def test_scheduled_sampling_at_zero_is_teacher_forcing_exactly():
+    inputs = sampling_inputs()
+    plain, sampled = scheduled_models(sampling_probability=0.0)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(sampled(inputs, training=True)),
+                                  keras.ops.convert_to_numpy(plain(inputs, training=True)))
+
+
+def test_scheduled_sampling_at_one_feeds_the_models_own_argmax():
+    """Bengio et al. 2015 with probability 1: every input after the first is the
+    embedding of the previous step's prediction, so the logits equal teacher
+    forcing on the target ids [first id, argmax_0, ..., argmax_{T-2}]."""
+    inputs = sampling_inputs()
+    plain, sampled = scheduled_models(sampling_probability=1.0)
+    logits = keras.ops.convert_to_numpy(sampled(inputs, training=True))
+    predicted = logits.argmax(-1)
+    fed = {"source_ids": inputs["source_ids"],
+           "target_ids": np.concatenate([inputs["target_ids"][:, :1], predicted[:, :-1]], 1)}
+    np.testing.assert_allclose(logits, keras.ops.convert_to_numpy(plain(fed, training=True)),
+                               atol=1e-6)
+    assert not np.allclose(logits, keras.ops.convert_to_numpy(plain(inputs, training=True)))
+    # In inference nothing is sampled.
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(sampled(inputs)),
+                                  keras.ops.convert_to_numpy(plain(inputs)))
+
+
+def test_scheduled_sampling_probability_rises_linearly_and_survives_save(tmp_path):
+    inputs = sampling_inputs()
+    plain, sampled = scheduled_models(sampling_probability=0.5, sampling_steps=4)
+    decoder = sampled.get_layer("decoder")
+    seen = []
+    for _ in range(6):
+        seen.append(float(keras.ops.convert_to_numpy(decoder.sampling_schedule())))
+        sampled(inputs, training=True)
+    assert seen == [0.0, 0.125, 0.25, 0.375, 0.5, 0.5]
+    sampled.save(tmp_path / "sampled.keras")
+    loaded = keras.saving.load_model(tmp_path / "sampled.keras")
+    assert float(keras.ops.convert_to_numpy(loaded.get_layer("decoder").sampling_calls)) == 6
+    # A loaded model says how to train on with sampling; linked, it does.
+    with pytest.raises(ValueError, match="link_feedback"):
+        loaded(inputs, training=True)
+    from keras_s2s_attn.models import link_feedback
+
+    assert tuple(link_feedback(loaded)(inputs, training=True).shape) == (16, 7, 12)

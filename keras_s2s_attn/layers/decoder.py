@@ -6,6 +6,12 @@ from keras import ops
 from keras_s2s_attn.layers.decoder_cell import AttentionDecoderCell
 
 
+class _Feedback:
+    """Holds layers without Keras tracking them as the holder's own (not saved twice)."""
+
+    layers = None
+
+
 @keras.saving.register_keras_serializable(package="keras_s2s_attn")
 class AttentionDecoder(keras.layers.Layer):
     """Teacher-forced decoding: the cell stepped over every target position.
@@ -18,9 +24,24 @@ class AttentionDecoder(keras.layers.Layer):
     Both paths use the cell's own `rnn_step`, `attend` and `combine`: the
     outputs equal stepping the cell by hand.
 
+    Scheduled sampling (Bengio et al. 2015): with `sampling_probability`, in
+    training each row's input at step t > 0 is, with that probability, the
+    embedding of the model's own prediction at step t − 1 (its argmax)
+    instead of the true previous token; the probability rises linearly from 0
+    over `sampling_steps` training calls, then stays. The layer needs the
+    model's target embedding and output projection for that
+    (`set_feedback`; `build_seq2seq_model` links them). The steps then run in
+    sequence (no parallel Luong path), and in inference nothing changes.
+
     Args:
         cell: An `AttentionDecoderCell`.
         return_state: Also return the final flat state list.
+        sampling_probability: None (teacher forcing), or the probability in
+            [0, 1] of feeding the model's own prediction.
+        sampling_steps: Training calls over which the probability rises
+            from 0 to `sampling_probability`; 0 for that probability from the
+            start.
+        seed: Seed of the scheduled sampling's coin flips.
         **kwargs: Base layer keyword arguments.
 
     Call arguments:
@@ -47,7 +68,8 @@ class AttentionDecoder(keras.layers.Layer):
     ((2, 7, 24), (2, 7, 5))
     """
 
-    def __init__(self, cell, return_state=False, **kwargs):
+    def __init__(self, cell, return_state=False, sampling_probability=None, sampling_steps=0,
+                 seed=None, **kwargs):
         super().__init__(**kwargs)
         if isinstance(cell, dict):
             cell = keras.saving.deserialize_keras_object(cell)
@@ -57,6 +79,19 @@ class AttentionDecoder(keras.layers.Layer):
             )
         self.cell = cell
         self.return_state = bool(return_state)
+        if sampling_probability is not None:
+            if isinstance(sampling_probability, bool) or not 0 <= sampling_probability <= 1:
+                raise ValueError("`sampling_probability` must be None or a number in [0, 1]. "
+                                 f"Received: sampling_probability={sampling_probability!r}")
+            if isinstance(sampling_steps, bool) or not isinstance(sampling_steps, int) or (
+                    sampling_steps < 0):
+                raise ValueError("`sampling_steps` must be an integer >= 0. Received: "
+                                 f"sampling_steps={sampling_steps!r}")
+            self.seed_generator = keras.random.SeedGenerator(seed)
+        self.sampling_probability = sampling_probability
+        self.sampling_steps = int(sampling_steps)
+        self.seed = seed
+        self._feedback = _Feedback()
         # keras.ops.scan's TensorFlow loop has no `maximum_iterations`, which
         # XLA needs to differentiate through it; this keeps `compile()`'s
         # default jit_compile="auto" off XLA under TensorFlow instead of
@@ -66,9 +101,27 @@ class AttentionDecoder(keras.layers.Layer):
 
     @property
     def parallel(self):
-        """True when the Luong parallel path applies (no input feeding)."""
+        """True when the Luong parallel path applies (no input feeding, no sampling)."""
         cell = self.cell
-        return cell.attention is not None and cell.style == "luong" and not cell.input_feeding
+        return (cell.attention is not None and cell.style == "luong" and not cell.input_feeding
+                and self.sampling_probability is None)
+
+    def set_feedback(self, embedding, projection):
+        """Links the model's target `embedding` and output `projection` layers,
+        which scheduled sampling turns a step's output into the next input with.
+
+        They stay the model's own layers (not tracked or saved here): call this
+        again on a model loaded from a file before training it further, e.g.
+        `keras_s2s_attn.models.link_feedback(model)`.
+        """
+        self._feedback.layers = (embedding, projection)
+
+    def sampling_schedule(self):
+        """This training call's probability of feeding the model's own prediction."""
+        if not self.sampling_steps:
+            return ops.convert_to_tensor(self.sampling_probability, "float32")
+        done = ops.minimum(self.sampling_calls / float(self.sampling_steps), 1.0)
+        return self.sampling_probability * done
 
     def build(self, inputs_shape, memory_shape=None):
         if len(inputs_shape) != 3:
@@ -77,6 +130,10 @@ class AttentionDecoder(keras.layers.Layer):
             )
         if not self.cell.built:
             self.cell.build(tuple(inputs_shape[:1]) + tuple(inputs_shape[2:]), memory_shape)
+        if self.sampling_probability is not None:
+            self.sampling_calls = self.add_weight(name="sampling_calls", shape=(),
+                                                  initializer="zeros", trainable=False,
+                                                  dtype="float32")
 
     def call(self, inputs, memory=None, initial_state=None, memory_mask=None, training=None):
         cell = self.cell
@@ -116,7 +173,11 @@ class AttentionDecoder(keras.layers.Layer):
             final_states = final["states"]
         else:
 
+            feed = self._sampled_inputs(batch, ops.shape(inputs)[1], training)
+
             def one_step(carry, x_t):
+                if feed is not None:
+                    x_t = feed(carry, x_t)
                 (output, weights), new_states = cell(
                     x_t, carry["states"], memory, memory_mask=memory_mask,
                     prepared_memory=prepared, step=carry["step"], training=training,
@@ -152,6 +213,30 @@ class AttentionDecoder(keras.layers.Layer):
             result.append(final_states)
         return result[0] if len(result) == 1 else tuple(result)
 
+    def _sampled_inputs(self, batch, steps, training):
+        """None without scheduled sampling in this call, else `feed(carry, x_t)`:
+        the step's input, the true token's or the model's own prediction's."""
+        if not training or self.sampling_probability is None:
+            return None
+        if self._feedback.layers is None:
+            raise ValueError("Scheduled sampling needs the model's target embedding and "
+                             "output projection: call `set_feedback` (for a loaded model, "
+                             "keras_s2s_attn.models.link_feedback(model)) before training.")
+        embedding, projection = self._feedback.layers
+        probability = self.sampling_schedule()
+        self.sampling_calls.assign_add(1.0)
+        # Drawn before the loop, as the dropout masks (JAX draws nothing inside a scan).
+        coins = keras.random.uniform((steps, batch), seed=self.seed_generator)
+
+        def feed(carry, x_t):
+            predicted = ops.argmax(projection(carry["output"]), axis=-1)
+            own = ops.cast(embedding(ops.stop_gradient(predicted)), x_t.dtype)
+            use_own = ops.logical_and(ops.take(coins, carry["step"], axis=0) < probability,
+                                      carry["step"] > 0)
+            return ops.where(use_own[:, None], own, x_t)
+
+        return feed
+
     def compute_mask(self, inputs, mask=None):
         return None
 
@@ -174,6 +259,9 @@ class AttentionDecoder(keras.layers.Layer):
             {
                 "cell": keras.saving.serialize_keras_object(self.cell),
                 "return_state": self.return_state,
+                "sampling_probability": self.sampling_probability,
+                "sampling_steps": self.sampling_steps,
+                "seed": self.seed,
             }
         )
         return config

@@ -1,11 +1,14 @@
-"""`train(mixed_precision=True)` (`--mixed-precision`) on CPU: bfloat16 compute with
-float32 weights, logits and attention, through the run directory and the export.
-The layers under the policy on every backend: tests/test_models.py."""
+"""Training recipes through `s2s-attn train`: mixed precision (`--mixed-precision`: on
+CPU bfloat16 compute with float32 weights, logits and attention, through the run
+directory and the export; the layers under the policy on every backend are in
+tests/test_models.py) and scheduled sampling (`--scheduled-sampling`; the layer's
+math on every backend in tests/test_decoder.py)."""
 
 import json
 
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from keras_s2s_attn.callbacks import build_optimizer
@@ -42,3 +45,19 @@ def test_mixed_precision_run_trains_and_exports_its_translations(tmp_path, capsy
     assert served["translation"].numpy().tolist() == python["translation"].tolist()
     assert served["attention"].dtype == tf.float32
     np.testing.assert_allclose(served["attention"].numpy(), python["attention"], atol=1e-6)
+
+
+def test_scheduled_sampling_rises_over_the_whole_run(tmp_path, capsys):
+    run = tmp_path / "run"
+    code, out, err = run_cli(capsys, "train", "--train", write_pairs(tmp_path / "pairs.tsv"),
+                             "--out", run, "--epochs", "2", "--units", "16",
+                             "--embedding-dim", "8", "--batch-size", "64", "--dropout", "0",
+                             "--learning-rate", "0.01", "--scheduled-sampling", "linear:0.4")
+    assert code == 0, err[-3000:]
+    assert json.loads((run / "config.json").read_text())["scheduled_sampling"] == "linear:0.4"
+    decoder = keras.saving.load_model(run / "model.keras").get_layer("decoder")
+    steps = int(keras.saving.load_model(run / "model.keras").optimizer.iterations)
+    # One schedule step per training step; the probability reached 0.4 at the last one.
+    assert decoder.sampling_steps == steps and float(decoder.sampling_calls) == steps
+    assert float(decoder.sampling_schedule()) == pytest.approx(0.4)
+    assert np.isfinite(json.loads(out)["val_loss"])
