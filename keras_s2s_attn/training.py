@@ -44,12 +44,12 @@ from keras_s2s_attn.callbacks import (
     saved_epoch,
 )
 from keras_s2s_attn.checks import positive_int, rate
+from keras_s2s_attn.evaluation import METRICS
 from keras_s2s_attn.models import (
     MaskedAccuracy,
     MaskedSparseCategoricalCrossentropy,
     build_seq2seq_model,
 )
-from keras_s2s_attn.evaluation import METRICS
 from keras_s2s_attn.options import CELL_TYPES, SCORES, STYLES, WINDOW_MODES, ModelOptions
 from keras_s2s_attn.runs import (
     BEST_MODEL,
