@@ -57,7 +57,9 @@ def test_the_layers_import_here_and_the_tensorflow_side_says_what_it_needs():
     script = textwrap.dedent("""
         import sys
         import keras_s2s_attn
-        from keras_s2s_attn import build_seq2seq_model, greedy_search, AttentionDecoder
+        # The layers first, as the README's layers-only example does (Keras not imported yet).
+        from keras_s2s_attn import AttentionDecoder, BahdanauLuongAttention
+        from keras_s2s_attn import build_seq2seq_model, greedy_search
         from keras_s2s_attn.text import make_tokenizer  # TensorFlow installed: works anywhere
         print(sorted(m for m in ("keras_s2s_attn.decoding.search", "keras_s2s_attn.export")
                      if m in sys.modules))  # the TensorFlow side is not loaded on the way

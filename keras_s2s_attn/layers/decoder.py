@@ -80,7 +80,9 @@ class AttentionDecoder(keras.layers.Layer):
         self.cell = cell
         self.return_state = bool(return_state)
         if sampling_probability is not None:
-            if isinstance(sampling_probability, bool) or not 0 <= sampling_probability <= 1:
+            if (isinstance(sampling_probability, bool)
+                    or not isinstance(sampling_probability, (int, float))
+                    or not 0 <= sampling_probability <= 1):
                 raise ValueError("`sampling_probability` must be None or a number in [0, 1]. "
                                  f"Received: sampling_probability={sampling_probability!r}")
             if isinstance(sampling_steps, bool) or not isinstance(sampling_steps, int) or (
