@@ -11,12 +11,14 @@ import os
 import keras
 import numpy as np
 
-from keras_s2s_attn.callbacks import build_optimizer, epoch_states, replace_atomically
+from keras_s2s_attn.callbacks import (
+    STATE_WEIGHTS,
+    build_optimizer,
+    epoch_states,
+    replace_atomically,
+)
 from keras_s2s_attn.checks import positive_int
 from keras_s2s_attn.runs import AVERAGED_MODEL, BEST_MODEL, is_run_dir
-
-STATE_WEIGHTS = "state.weights.h5"  # in each epoch state (callbacks.RunCheckpoint)
-
 
 def average_run(run_dir, last):
     """Writes `averaged.keras` into `run_dir`: the mean of the weights of its

@@ -11,6 +11,7 @@ import keras
 
 BACKUP_DIR = "backup"
 STATE_POINTER = "latest"
+STATE_WEIGHTS = "state.weights.h5"  # in each epoch state: the model's and optimizer's weights
 
 
 def read_metrics(path):
@@ -198,7 +199,7 @@ class RunCheckpoint(keras.callbacks.Callback):
         if state_dir is None:
             return 0
         build_optimizer(self.model)  # its variables are in the file
-        self.model.load_weights(os.path.join(state_dir, "state.weights.h5"))
+        self.model.load_weights(os.path.join(state_dir, STATE_WEIGHTS))
         with open(os.path.join(state_dir, "state.json")) as handle:
             return json.load(handle)["epoch"]
 
@@ -224,7 +225,7 @@ class RunCheckpoint(keras.callbacks.Callback):
         building = final_dir + ".tmp"
         shutil.rmtree(building, ignore_errors=True)
         os.makedirs(building)
-        self.model.save_weights(os.path.join(building, "state.weights.h5"))
+        self.model.save_weights(os.path.join(building, STATE_WEIGHTS))
         with open(os.path.join(building, "state.json"), "w") as handle:
             json.dump({"epoch": next_epoch}, handle)
         shutil.rmtree(final_dir, ignore_errors=True)

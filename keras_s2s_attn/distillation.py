@@ -10,6 +10,7 @@ references, which is easier for a small model to fit.
 import os
 
 from keras_s2s_attn import runs
+from keras_s2s_attn.callbacks import replace_atomically
 from keras_s2s_attn.checks import positive_int
 from keras_s2s_attn.data import read_pairs
 from keras_s2s_attn.decoding import BeamSearch, get_strategy
@@ -95,8 +96,9 @@ def _write_tsv(path, rows):
             if "\t" in text or "\n" in text or "\r" in text:
                 raise ValueError(f"A text holds a tab or a line break, which a TSV row cannot "
                                  f"hold: {text!r}")
-    path = os.fspath(path)
-    temporary = f"{path}.tmp"
-    with open(temporary, "w", encoding="utf-8") as handle:
-        handle.writelines(f"{source}\t{target}\n" for source, target in rows)
-    os.replace(temporary, path)
+
+    def write(temporary):
+        with open(temporary, "w", encoding="utf-8") as handle:
+            handle.writelines(f"{source}\t{target}\n" for source, target in rows)
+
+    replace_atomically(os.fspath(path), write)

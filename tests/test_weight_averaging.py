@@ -11,7 +11,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_s2s_attn.callbacks import build_optimizer, epoch_states, saved_epoch
+from keras_s2s_attn.callbacks import STATE_WEIGHTS, build_optimizer, epoch_states, saved_epoch
 from keras_s2s_attn.runs import load_run
 from keras_s2s_attn.training import train
 from tests.conftest import run_cli
@@ -38,7 +38,7 @@ class RecordSteps(keras.callbacks.Callback):
 def state_model(run, state_dir):
     """A compiled model holding the training state saved in `state_dir`."""
     model = build_optimizer(keras.saving.load_model(run / "best.keras"))
-    model.load_weights(os.path.join(state_dir, "state.weights.h5"))
+    model.load_weights(os.path.join(state_dir, STATE_WEIGHTS))
     return model
 
 
