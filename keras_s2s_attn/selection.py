@@ -12,13 +12,12 @@ from keras_s2s_attn.backends import require_tensorflow_backend
 require_tensorflow_backend(__name__)  # a clear message before TensorFlow is imported
 
 import keras
-import tensorflow as tf
 
 from keras_s2s_attn.callbacks import ema_weights
 from keras_s2s_attn.checks import positive_int
-from keras_s2s_attn.decoding import Decoder
+from keras_s2s_attn.decoding import GreedySearch
 from keras_s2s_attn.evaluation import METRICS, evaluate_texts, tokenizer_units
-from keras_s2s_attn.special_ids import PAD_ID
+from keras_s2s_attn.translation import DEFAULT_MAX_SOURCE_LENGTH, Translator
 
 # `evaluate_texts` metrics where a higher value is better; the error rates are lower-better.
 HIGHER_IS_BETTER = ("bleu", "chrf", "exact")
@@ -36,8 +35,8 @@ class ValidationMetric(keras.callbacks.Callback):
         metric: A name of `evaluation.METRICS` (`"wer"`, `"bleu"`, ...).
         sources, references: The validation pairs, two lists of str.
         source_tokenizer, target_tokenizer: The model's tokenizers.
-        max_source_length: Sources are cut to this many tokens, as in
-            training; None keeps them whole.
+        max_source_length: Sources are cut to this many tokens, as the
+            run's `Translator` and export cut them (None: their default, 256).
         batch_size: Sources decoded per call.
 
     Example:
@@ -58,10 +57,16 @@ class ValidationMetric(keras.callbacks.Callback):
                              f"length; got {len(sources)} and {len(references)}.")
         self.metric, self.sources, self.references = metric, list(sources), list(references)
         self.source_tokenizer, self.target_tokenizer = source_tokenizer, target_tokenizer
-        self.max_source_length = positive_int(max_source_length, "max_source_length",
-                                              allow_none=True)
+        self.max_source_length = positive_int(max_source_length or DEFAULT_MAX_SOURCE_LENGTH,
+                                              "max_source_length")
         self.batch_size = positive_int(batch_size, "batch_size")
-        self._decoder = self._decoded = None
+        self._translator = None
+
+    def on_train_begin(self, logs=None):
+        # Decodes as `s2s-attn evaluate RUN` does; traced once, it reads the weights as they are.
+        self._translator = Translator(self.model, self.source_tokenizer, self.target_tokenizer,
+                                      strategies={"serving_default": GreedySearch()},
+                                      max_source_length=self.max_source_length)
 
     @property
     def monitor(self):
@@ -82,15 +87,8 @@ class ValidationMetric(keras.callbacks.Callback):
 
     def translate(self):
         """The model's greedy translations of the validation sources, as str."""
-        if self._decoder is None or self._decoded is not self.model:
-            self._decoder, self._decoded = Decoder(self.model), self.model
         texts = []
         for start in range(0, len(self.sources), self.batch_size):
-            ids = self.source_tokenizer.encode(self.sources[start: start + self.batch_size])
-            if self.max_source_length is not None:
-                ids = ids[:, : self.max_source_length]
-            ids = ids.to_tensor(default_value=PAD_ID)
-            ids = tf.pad(ids, [[0, 0], [0, tf.maximum(0, 1 - tf.shape(ids)[1])]])
-            decoded = self.target_tokenizer.decode(self._decoder.greedy(ids)["ids"])
-            texts.extend(text.decode("utf-8") for text in decoded.numpy())
+            outputs = self._translator(self.sources[start: start + self.batch_size])
+            texts.extend(text.decode("utf-8") for text in outputs["translation"])
         return texts

@@ -17,9 +17,10 @@ RANKS = {
     "models": 2, "data": 2, "runs": 2, "saved_models": 2, "distributed": 2,
     "generation": 3, "averaging": 3,
     "decoding": 4,
-    "translation": 5, "selection": 5,
-    "export": 6, "serving": 6, "distillation": 6, "training": 6,
-    "cli": 7,
+    "translation": 5,
+    "export": 6, "serving": 6, "distillation": 6, "selection": 6,
+    "training": 7,
+    "cli": 8,
 }
 # Names the lazy package `__init__`s hand out: they import nothing at import time.
 LAZY = {"keras_s2s_attn", "keras_s2s_attn.decoding"}
