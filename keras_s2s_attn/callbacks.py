@@ -191,8 +191,14 @@ class RunCheckpoint(keras.callbacks.Callback):
         kept = [row for row in rows if int(row["epoch"]) < epoch]
         if len(kept) != len(rows):
             self._write_rows(kept, list(rows[0]))
-        values = [float(row[self.monitor]) for row in kept if row.get(self.monitor)]
-        self.best = min((self.sign * v for v in values if math.isfinite(v)), default=math.inf)
+        best = self.best_row(kept)
+        self.best = math.inf if best is None else self.sign * float(best[self.monitor])
+
+    def best_row(self, rows):
+        """The metrics row (`read_metrics`) with the best finite `monitor` value, or None."""
+        scored = [row for row in rows
+                  if row.get(self.monitor) and math.isfinite(float(row[self.monitor]))]
+        return min(scored, key=lambda row: self.sign * float(row[self.monitor]), default=None)
 
     def _restore(self):
         state_dir = _state_dir(self.run_dir)

@@ -59,7 +59,7 @@ from keras_s2s_attn.runs import (
     SOURCE_VOCAB,
     TARGET_VOCAB,
 )
-from keras_s2s_attn.selection import HIGHER_IS_BETTER, ValidationMetric
+from keras_s2s_attn.selection import ValidationMetric
 from keras_s2s_attn.text import load_tokenizer, make_tokenizer
 
 STRATEGIES = ("default", "mirrored", "multi-worker")
@@ -545,23 +545,24 @@ def _fit(model, train_ds, valid_ds, callbacks, config, out, stats, verbose):
                 isinstance(callback, keras.callbacks.EarlyStopping) and callback.best_weights
                 for callback in callbacks):
             # EarlyStopping put back the best epoch's raw weights; best.keras holds its averages.
-            best = keras.saving.load_model(os.path.join(out, BEST_MODEL), compile=False)
-            model.set_weights(best.get_weights())
+            averages = keras.saving.load_model(os.path.join(out, BEST_MODEL), compile=False)
+            model.set_weights(averages.get_weights())
         model.save(os.path.join(out, FINAL_MODEL))
         stopped = _early_stop(model, callbacks, len(rows), config["epochs"])
     if stopped:
         print(f"{'error' if diverged else 'note'}: {stopped}", file=sys.stderr)
     finished = [row for row in rows if math.isfinite(float(row["val_loss"]))]
-    best = _best_row(finished, config["select_by"])
+    # The epoch best.keras holds: by the run's own checkpoint's measure.
+    checkpoint = next(callback for callback in callbacks if isinstance(callback, RunCheckpoint))
+    best = checkpoint.best_row(finished)
     summary = {
         "run_dir": out,
         "epochs_trained": len(rows),
         "best_epoch": None if best is None else int(best["epoch"]) + 1,
         "val_loss": None if best is None else float(best["val_loss"]),
         "val_accuracy": None if best is None else float(best["val_accuracy"]),
-        **({} if config["select_by"] == "loss" else {
-            f"val_{config['select_by']}": None if best is None
-            else float(best[f"val_{config['select_by']}"])}),
+        **({} if checkpoint.monitor == "val_loss" else {
+            checkpoint.monitor: None if best is None else float(best[checkpoint.monitor])}),
         "stopped": stopped,
         "diverged": diverged,
         "seconds": round(seconds, 1),
@@ -572,14 +573,6 @@ def _fit(model, train_ds, valid_ds, callbacks, config, out, stats, verbose):
               f"{summary['val_loss']:.4f}, val token accuracy {summary['val_accuracy']:.2%}",
               file=sys.stderr)
     return summary
-
-
-def _best_row(rows, select_by):
-    """The metrics row of the best epoch by `select_by` (see `train`), or None."""
-    if select_by == "loss":
-        return min(rows, key=lambda row: float(row["val_loss"]), default=None)
-    sign = -1.0 if select_by in HIGHER_IS_BETTER else 1.0
-    return min(rows, key=lambda row: sign * float(row[f"val_{select_by}"]), default=None)
 
 
 def _early_stop(model, callbacks, epochs_done, epochs):
