@@ -153,29 +153,29 @@ def build_seq2seq_model(
         cell_type=cell_type, dropout=dropout, name=ENCODER, dtype=dtype,
     )(source_ids)
     initial_state = StateBridge(cell.rnn_state_sizes, name=BRIDGE, dtype=dtype)(summary)
-    embedding = keras.layers.Embedding(
+    embedded = keras.layers.Embedding(
         target_vocab_size, embedding_dim, name=TARGET_EMBEDDING, dtype=dtype
-    )
-    embedded = keras.layers.Dropout(dropout, name="target_dropout", dtype=dtype)(
-        embedding(target_ids))
-    decoder = AttentionDecoder(cell, name=DECODER, dtype=dtype,
+    )(target_ids)
+    embedded = keras.layers.Dropout(dropout, name="target_dropout", dtype=dtype)(embedded)
+    decoded = AttentionDecoder(cell, name=DECODER, dtype=dtype,
                                sampling_probability=sampling_probability,
-                               sampling_steps=sampling_steps)
-    decoded = decoder(embedded, memory, initial_state=initial_state)
+                               sampling_steps=sampling_steps)(
+        embedded, memory, initial_state=initial_state
+    )
     outputs = decoded[0] if isinstance(decoded, (list, tuple)) else decoded
     # float32 logits under a mixed policy too: the softmax and the loss need the range.
-    projection = keras.layers.Dense(target_vocab_size, name=OUTPUT_PROJECTION, dtype="float32")
-    decoder.set_feedback(embedding, projection)
-    return keras.Model(
-        inputs={"source_ids": source_ids, "target_ids": target_ids},
-        outputs=projection(outputs), name=name
+    logits = keras.layers.Dense(target_vocab_size, name=OUTPUT_PROJECTION,
+                                dtype="float32")(outputs)
+    model = keras.Model(
+        inputs={"source_ids": source_ids, "target_ids": target_ids}, outputs=logits, name=name
     )
+    return link_feedback(model)
 
 
 def link_feedback(model):
     """Links a `build_seq2seq_model` model's decoder to its target embedding and
-    output projection (`AttentionDecoder.set_feedback`), as the builder does;
-    needed to train a model loaded from a file with scheduled sampling.
+    output projection (`AttentionDecoder.set_feedback`): the builder does it, and a
+    model loaded from a file needs it to train on with scheduled sampling.
     Returns `model`."""
     model.get_layer(DECODER).set_feedback(model.get_layer(TARGET_EMBEDDING),
                                           model.get_layer(OUTPUT_PROJECTION))

@@ -15,6 +15,11 @@ def _flat_sizes(state_size):
     return [int(state_size)]
 
 
+def _output_size(cell):
+    """The width of an RNN cell's output: its `output_size`, else its first state's."""
+    return getattr(cell, "output_size", None) or _flat_sizes(cell.state_size)[0]
+
+
 @keras.saving.register_keras_serializable(package="keras_s2s_attn")
 class AttentionDecoderCell(keras.layers.Layer):
     """One decoder step: a (stacked) RNN cell with attention over encoder memory.
@@ -180,8 +185,7 @@ class AttentionDecoderCell(keras.layers.Layer):
 
     @property
     def top_output_size(self):
-        top = self.cells[-1]
-        return getattr(top, "output_size", None) or _flat_sizes(top.state_size)[0]
+        return _output_size(self.cells[-1])
 
     @property
     def output_size(self):
@@ -211,7 +215,7 @@ class AttentionDecoderCell(keras.layers.Layer):
         for cell in self.cells:
             if not cell.built:
                 cell.build((None, size))
-            size = getattr(cell, "output_size", None) or _flat_sizes(cell.state_size)[0]
+            size = _output_size(cell)
         if self.output_dense is not None and not self.output_dense.built:
             combine_dim = top_size + self.memory_dim
             self.output_dense.build((None, combine_dim))
@@ -279,9 +283,8 @@ class AttentionDecoderCell(keras.layers.Layer):
             return keras.random.dropout(ones, self.dropout,
                                         seed=self.dropout_layer.seed_generator)
 
-        between = [getattr(cell, "output_size", None) or _flat_sizes(cell.state_size)[0]
-                   for cell in self.cells[:-1]]
-        return {"between": [draw(size) for size in between], "output": draw(self.output_size)}
+        return {"between": [draw(_output_size(cell)) for cell in self.cells[:-1]],
+                "output": draw(self.output_size)}
 
     def _dropout(self, x, training, mask=None):
         """Dropout on `x`: by `mask` (a step's slice of `dropout_masks`) when given."""
