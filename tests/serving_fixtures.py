@@ -21,6 +21,10 @@ from keras_s2s_attn.serving import make_app
 from keras_s2s_attn.training import train
 
 
+# A tiny model for `train()` in-process on `write_pairs` data (the tests that train runs).
+TINY = {"units": 16, "embedding_dim": 8, "batch_size": 32, "dropout": 0.0, "verbose": 0}
+
+
 def write_pairs(path, n=800, seed=0):
     """Lower-case letters in, the word reversed and upper-cased out (two vocabularies)."""
     rng = random.Random(seed)

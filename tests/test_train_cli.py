@@ -21,11 +21,9 @@ from keras_s2s_attn import cli
 from keras_s2s_attn.callbacks import read_metrics, saved_epoch
 from keras_s2s_attn.training import train
 from tests.conftest import run_cli
-from tests.serving_fixtures import write_pairs
+from tests.serving_fixtures import TINY, write_pairs
 
 SMALL = ["--units", "32", "--embedding-dim", "16", "--batch-size", "32", "--dropout", "0"]
-# The same for `train()` in-process, smaller still.
-TINY = {"units": 16, "embedding_dim": 8, "batch_size": 32, "dropout": 0.0, "verbose": 0}
 
 
 def env():

@@ -15,10 +15,10 @@ from keras_s2s_attn.callbacks import STATE_WEIGHTS, build_optimizer, epoch_state
 from keras_s2s_attn.runs import load_run
 from keras_s2s_attn.training import train
 from tests.conftest import run_cli
+from tests import serving_fixtures
 from tests.serving_fixtures import write_pairs
 
-TINY = {"units": 16, "embedding_dim": 8, "batch_size": 32, "dropout": 0.0, "verbose": 0,
-        "learning_rate": 0.01, "lr_decay": False}
+TINY = {**serving_fixtures.TINY, "learning_rate": 0.01, "lr_decay": False}
 
 
 class RecordSteps(keras.callbacks.Callback):
