@@ -228,7 +228,8 @@ def _add_average(subparsers):
         "average", help="average the weights of a run's last epochs",
         description="Write RUN/averaged.keras, the mean of the weights of the run's last N "
                     "epochs (kept by train --keep-checkpoints N); export it with "
-                    "s2s-attn export RUN --which averaged.")
+                    "s2s-attn export RUN --which averaged (translate and evaluate take "
+                    "--which too).")
     parser.add_argument("run_dir", help="a run directory")
     parser.add_argument("--last", type=_positive_int, required=True, metavar="N",
                         help="how many of the last epochs to average")
@@ -284,6 +285,14 @@ def _distill(args):
     return 0
 
 
+def _add_which_flag(parser, default=None):
+    """`--which`: one of a run directory's models (export, translate, evaluate)."""
+    parser.add_argument("--which", default=default, choices=RUN_MODELS,
+                        help="a run directory's model: best (by the run's --select-by, the "
+                             "validation loss by default; the default), final (last epoch) "
+                             "or averaged (written by s2s-attn average)")
+
+
 def _add_export(subparsers):
     parser = subparsers.add_parser(
         "export", help="export a run as a TF Serving SavedModel",
@@ -298,9 +307,7 @@ def _add_export(subparsers):
                                                       "--export-dir)")
     parser.add_argument("--export-dir", default="saved_models")
     parser.add_argument("--version", type=_positive_int, help="default: the next integer")
-    parser.add_argument("--which", default="best", choices=RUN_MODELS,
-                        help="the run's model: best (validation loss), final (last epoch) or "
-                             "averaged (written by s2s-attn average)")
+    _add_which_flag(parser, default="best")
     parser.add_argument("--max-source-length", type=_positive_int,
                         help="default: the run's, else 256")
     parser.add_argument("--max-output-length", type=_positive_int)
@@ -417,6 +424,7 @@ def _add_translate(subparsers):
                              "TEXT arguments; an empty line gets an empty translation")
     parser.add_argument("--batch-size", type=_positive_int, default=256,
                         help="texts decoded at once (default 256)")
+    _add_which_flag(parser)
     _add_strategy_choice(parser)
     parser.add_argument("--json", action="store_true", help="print every output as JSON")
     parser.add_argument("--plot", metavar="FILE.png",
@@ -528,7 +536,8 @@ def _translate(args):
     if not texts:
         raise ValueError(f"--input: {args.input!r} holds no lines to translate."
                          if args.input is not None else "Give at least one TEXT (or --input).")
-    run = open_translator(args.model, _strategy(args), replace_unknown=args.replace_unknown)
+    run = open_translator(args.model, _strategy(args), replace_unknown=args.replace_unknown,
+                          which=args.which)
     if args.plot and "attention" not in run.output_names:
         raise ValueError(f"--plot: {args.model!r} was built without attention "
                          "(--attention none), so there is no attention map to draw.")
@@ -571,6 +580,7 @@ def _add_evaluate(subparsers):
                         help=f"comma-separated, from: {', '.join(METRICS)} (default: all); "
                              "per counts the model's target tokens, cer the characters of "
                              "the normalised text")
+    _add_which_flag(parser)
     _add_strategy_choice(parser)
     parser.add_argument("--batch-size", type=_positive_int, default=256)
     parser.add_argument("--references", action="store_true",
@@ -608,7 +618,8 @@ def _evaluate(args):
     sources, references = read_pairs(args.pairs, all_targets=args.references)
     references = [r if args.references else [r] for r in references]
     strategy = _strategy(args)
-    run = open_translator(args.model, strategy, replace_unknown=args.replace_unknown)
+    run = open_translator(args.model, strategy, replace_unknown=args.replace_unknown,
+                          which=args.which)
     hypotheses, n_best = [], []
     for _, outputs in _in_batches(run, sources, args.batch_size, progress=True):
         hypotheses += [text.decode("utf-8") for text in outputs["translation"]]

@@ -47,8 +47,9 @@ def load_run(run_dir, which="best", compile=False):
 
     Args:
         run_dir: A directory written by `train`.
-        which: `"best"` (lowest validation loss), `"final"` or `"averaged"`
-            (written by `averaging.average_run`).
+        which: `"best"` (the best epoch by the run's `select_by`, the
+            validation loss by default), `"final"` or `"averaged"` (written
+            by `averaging.average_run`).
         compile: Also restore the optimizer, loss and metrics (to train on);
             off by default, so inference and exports carry no optimizer state.
 

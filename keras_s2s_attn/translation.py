@@ -384,7 +384,7 @@ def translate(model_or_run_dir, texts, *, source_tokenizer=None, target_tokenize
     return [text.decode("utf-8") for text in outputs["translation"]]
 
 
-def open_translator(path, strategy="greedy", replace_unknown=False):
+def open_translator(path, strategy="greedy", replace_unknown=False, which=None):
     """A function `texts -> outputs` for a run directory or an exported SavedModel.
 
     Args:
@@ -396,6 +396,9 @@ def open_translator(path, strategy="greedy", replace_unknown=False):
         strategy: A `DecodingStrategy` or a registered name.
         replace_unknown: Replace unknown target tokens (see `Translator`); an
             export must have been exported so.
+        which: A run directory's model: `"best"` (the default), `"final"` or
+            `"averaged"` (see `runs.load_run`). An export holds one model, so
+            it takes none.
 
     Returns:
         A callable taking a list of str and returning the output dict of
@@ -406,7 +409,8 @@ def open_translator(path, strategy="greedy", replace_unknown=False):
     strategy = get_strategy(strategy)
     path = os.fspath(path)
     if runs.is_run_dir(path):
-        translator = Translator.from_run(path, strategies={"translate": strategy},
+        translator = Translator.from_run(path, which or "best",
+                                         strategies={"translate": strategy},
                                          replace_unknown=replace_unknown)
 
         def run(texts):
@@ -415,6 +419,9 @@ def open_translator(path, strategy="greedy", replace_unknown=False):
         run.output_names = translator.output_names("translate")
         run.target_tokenizer = translator.target_tokenizer
         return run
+    if which is not None:
+        raise ValueError(f"`which` ({which!r}) picks one of a run directory's models; "
+                         f"{path!r} is not a run directory (an export holds one model).")
     version_dir = saved_models.latest_version_dir(path)
     if replace_unknown and not saved_models.read_export_info(version_dir).get("replace_unknown"):
         raise ValueError(f"{version_dir!r} was exported without unknown-word replacement: "

@@ -3,6 +3,7 @@
 (`keep_checkpoints`, `s2s-attn average`)."""
 
 import io
+import json
 import os
 import zipfile
 
@@ -12,8 +13,10 @@ import numpy as np
 import pytest
 
 from keras_s2s_attn.callbacks import STATE_WEIGHTS, build_optimizer, epoch_states, saved_epoch
+from keras_s2s_attn.options import RUN_MODELS
 from keras_s2s_attn.runs import load_run
 from keras_s2s_attn.training import train
+from keras_s2s_attn.translation import Translator
 from tests.conftest import run_cli
 from tests import serving_fixtures
 from tests.serving_fixtures import write_pairs
@@ -100,6 +103,24 @@ def test_average_writes_the_mean_of_the_last_epochs_weights(tmp_path, capsys):
     assert weight_groups(run / "averaged.keras") == ["layers", "vars"]
     assert weight_groups(run / "best.keras") == ["layers", "optimizer", "vars"]
     assert max(np.abs(a - b).max() for a, b in zip(*epochs)) > 1e-3  # two different epochs
+    # translate and evaluate decode the model --which names, and only a run has several.
+    scores = {}
+    for which in RUN_MODELS:
+        code, out, err = run_cli(capsys, "translate", run, "abc", "cab", "--json",
+                                 "--which", which)
+        assert code == 0, err
+        scores[which] = [row["score"] for row in json.loads(out)]
+        expected = Translator.from_run(run, which)(["abc", "cab"])["score"]
+        np.testing.assert_allclose(scores[which], expected, rtol=1e-4)
+    assert scores["averaged"] != scores["final"]
+    code, out, err = run_cli(capsys, "evaluate", run, tmp_path / "pairs.tsv", "--metrics",
+                             "exact", "--which", "averaged")
+    assert code == 0 and json.loads(out)["sources"] == 300, err
+    code, _, err = run_cli(capsys, "translate", tmp_path / "no_run", "abc", "--which", "final")
+    assert code == 2
+    assert err.strip() == ("s2s-attn translate: error: `which` ('final') picks one of a run "
+                           f"directory's models; {str(tmp_path / 'no_run')!r} is not a run "
+                           "directory (an export holds one model).")
     # More epochs than the run kept, or a run without the file: one line naming the fix.
     code, _, err = run_cli(capsys, "average", run, "--last", "4")
     assert code == 2
