@@ -39,9 +39,10 @@ import sys
 
 from keras_s2s_attn.options import WEIGHT_DTYPES
 
-# --lower: the words are lower-cased (cmudict_to_tsv.py); the tokenizer records it, so the
-# export lower-cases its input too and "Attention" reads as "attention".
-COMMON = ["--source-tokenizer", "char", "--target-tokenizer", "space", "--lower",
+# --lower source: the words are lower-cased (cmudict_to_tsv.py); the source tokenizer records
+# it, so the export lower-cases its input too and "Attention" reads as "attention". The phones
+# stay upper-case, as the dictionary writes them.
+COMMON = ["--source-tokenizer", "char", "--target-tokenizer", "space", "--lower", "source",
           "--embedding-dim", "64", "--batch-size", "128", "--learning-rate", "0.002"]
 MEMBERS = {
     "a": ["--units", "192", "--dropout", "0.1", "--epochs", "16"],

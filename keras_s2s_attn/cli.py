@@ -92,7 +92,10 @@ def _add_train(subparsers):
         parser.add_argument(f"--{side}-vocab", metavar="DIR",
                             help=f"use this tokenizer directory (a run's {side}_vocab/) instead "
                                  "of building one from --train")
-    parser.add_argument("--lower", action="store_true", help="lower-case text")
+    parser.add_argument("--lower", nargs="?", const=True, default=False,
+                        choices=("source", "target"), metavar="SIDE",
+                        help="lower-case text: both sides, or only SIDE (source or target; "
+                             "G2P lower-cases the words, not the phones)")
     parser.add_argument("--no-normalize", action="store_true",
                         help="skip Unicode NFKC normalisation")
     parser.add_argument("--max-vocab-size", type=_positive_int)
@@ -625,10 +628,10 @@ def _evaluate(args):
         hypotheses += [text.decode("utf-8") for text in outputs["translation"]]
         if "translations" in outputs:
             n_best += [[text.decode("utf-8") for text in row] for row in outputs["translations"]]
-    scores = evaluate_texts(hypotheses, references, args.metrics,
-                            **_units(run.target_tokenizer))
+    units = _units(run.target_tokenizer)
+    scores = evaluate_texts(hypotheses, references, args.metrics, **units)
     if "wer" in args.metrics and n_best and len(n_best[0]) > 1:
-        scores.update(oracle_error_rates(n_best, references))
+        scores.update(oracle_error_rates(n_best, references, normalize=units.get("normalize")))
     for name, value in scores.items():
         shown = f"{value:.2f}" if name in ("bleu", "chrf") else f"{100 * value:.2f}%"
         print(f"{name:>13}  {shown}", file=sys.stderr)

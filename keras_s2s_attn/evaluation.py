@@ -72,6 +72,13 @@ def _in_units(hypotheses, references, split):
                               for alternatives in references]
 
 
+def _normalized(hypotheses, references, normalize):
+    """Hypotheses and references passed through `normalize` (in one call), if given."""
+    if normalize is None:
+        return hypotheses, references
+    return _in_units(hypotheses, references, normalize)
+
+
 def error_rate(hypotheses, references, split=whitespace_tokens):
     """Edit distance to the closest reference, summed, over the summed reference lengths.
 
@@ -103,7 +110,7 @@ def sequence_error_rate(hypotheses, references):
     return wrong / len(hypotheses)
 
 
-def oracle_error_rates(n_best, references, ks=None):
+def oracle_error_rates(n_best, references, ks=None, normalize=None):
     """Oracle WER@k: the share of sources none of whose k best hypotheses matches a
     reference (a G2P word counts as right if any of its top k is).
 
@@ -112,6 +119,8 @@ def oracle_error_rates(n_best, references, ks=None):
         references: List of lists of str (alternatives per source).
         ks: The k to report; default 1, 2, 4, ... up to, and with, K (the
             number of hypotheses per source).
+        normalize: Applied to hypotheses and references before they are
+            compared (as in `evaluate_texts`), or None.
 
     Returns:
         `{"oracle_wer@k": rate}` for each k.
@@ -122,6 +131,12 @@ def oracle_error_rates(n_best, references, ks=None):
     {'oracle_wer@1': 1.0, 'oracle_wer@2': 0.0}
     """
     n_best, references = _check(n_best, references)
+    if normalize is not None:
+        # One call for every text: flattened, then the n-best lists rebuilt.
+        flat, references = _normalized([h for row in n_best for h in row], references,
+                                       normalize)
+        flat = iter(flat)
+        n_best = [[next(flat) for _ in row] for row in n_best]
     size = min(len(hypotheses) for hypotheses in n_best)
     if ks is None:
         ks = sorted({2 ** i for i in range(size.bit_length()) if 2 ** i <= size} | {size})
@@ -154,8 +169,8 @@ def evaluate_texts(hypotheses, references, metrics=METRICS, tokenize=whitespace_
             units of `per` (default: whitespace pieces; `s2s-attn evaluate`
             passes the model's target tokenizer).
         normalize: A function from a list of str to a list of str applied
-            before `cer` counts characters (the target tokenizer's
-            normalisation), or None.
+            before `wer` and `exact` compare texts and `cer` counts
+            characters (the target tokenizer's normalisation), or None.
 
     Example:
 
@@ -178,7 +193,9 @@ def evaluate_texts(hypotheses, references, metrics=METRICS, tokenize=whitespace_
         if "chrf" in metrics:
             results["chrf"] = sacrebleu.corpus_chrf(hypotheses, streams).score
     if "wer" in metrics or "exact" in metrics:
-        wer = sequence_error_rate(hypotheses, references)
+        # Right if equal once both sides are normalised as the model's tokenizer does (a
+        # model that lower-cases its targets answers "ah" where the reference says "AH").
+        wer = sequence_error_rate(*_normalized(hypotheses, references, normalize))
         if "wer" in metrics:
             results["wer"] = wer
         if "exact" in metrics:

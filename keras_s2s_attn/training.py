@@ -63,6 +63,7 @@ from keras_s2s_attn.selection import ValidationMetric
 from keras_s2s_attn.text import load_tokenizer, make_tokenizer
 
 STRATEGIES = ("default", "mirrored", "multi-worker")
+LOWER_CASED = (False, True, "source", "target")  # `lower`: neither side, both, or one
 
 
 def _strategy(name):
@@ -115,7 +116,10 @@ def train(train_data, out, *, valid_data=None, tokenizer="char", source_tokenize
             `source_vocab/`, written by `Tokenizer.save`) to use as it is
             instead of building one from `train_data`: runs, or the workers
             of a multi-worker run, that must share their ids.
-        lower, normalization, max_vocab_size, min_count: Tokenizer options.
+        lower: Lower-case text: False, True (both sides), `"source"` or
+            `"target"` (that side only; G2P lower-cases its words and keeps
+            the phones as the dictionary writes them).
+        normalization, max_vocab_size, min_count: Tokenizer options.
         epochs: Total epochs, those already done by a resumed run included
             (default 10; a resumed run keeps its recorded total when None).
         batch_size, learning_rate, label_smoothing: Training options.
@@ -324,6 +328,13 @@ def _resumed_config(out, train_data, valid_data, epochs, early_stopping):
     return config
 
 
+def _side_options(config, side):
+    """The tokenizer options of one side: `lower` may name a side alone."""
+    options = dict(config["tokenizer_options"])
+    options["lower"] = options["lower"] in (True, side)
+    return options
+
+
 def _one_of(value, accepted, name):
     """Refuses `value` unless it is one of `accepted`."""
     if value not in accepted:
@@ -357,8 +368,9 @@ def _check_config(config):
         _between(config["ema"], 0, 1, "ema")
     _one_of(config["on_bad_row"], data_lib.ON_BAD_ROW, "on_bad_row")
     _one_of(config["strategy"], STRATEGIES, "strategy")
+    _one_of(config["tokenizer_options"]["lower"], LOWER_CASED, "lower")
     for side in ("source", "target"):  # an unadapted tokenizer checks its kind and options
-        make_tokenizer(config[f"{side}_tokenizer"], **config["tokenizer_options"])
+        make_tokenizer(config[f"{side}_tokenizer"], **_side_options(config, side))
         given = (config.get("vocabularies") or {}).get(side)
         if given is not None and not os.path.isdir(given):
             raise ValueError(f"`{side}_vocab`: no tokenizer directory at {given!r} "
@@ -400,10 +412,9 @@ def _tokenizers(out, config, pairs, resume):
         return (load_tokenizer(os.path.join(out, SOURCE_VOCAB)),
                 load_tokenizer(os.path.join(out, TARGET_VOCAB)))
     given = config.get("vocabularies") or {}
-    options = config["tokenizer_options"]
     return tuple(
         load_tokenizer(given[side]) if given.get(side) else
-        make_tokenizer(config[f"{side}_tokenizer"], **options).adapt(texts)
+        make_tokenizer(config[f"{side}_tokenizer"], **_side_options(config, side)).adapt(texts)
         for side, texts in zip(("source", "target"), pairs))
 
 

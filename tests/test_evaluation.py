@@ -86,3 +86,20 @@ def test_oracle_wer_counts_a_word_right_if_any_of_its_top_k_matches():
     assert oracle_error_rates(n_best, references, ks=[3]) == {"oracle_wer@3": 2 / 3}
     with pytest.raises(ValueError, match="from 1 to the hypotheses per source"):
         oracle_error_rates(n_best, references, ks=[5])
+
+
+def test_wer_and_oracle_compare_texts_as_the_tokenizer_normalises_them():
+    """A model that lower-cases its targets answers "k ae t" for the reference "K AE T"."""
+    def lower(texts):
+        return [text.lower() for text in texts]
+
+    hypotheses, references = ["k ae t", "d ao g"], [["K AE T"], ["D AA G"]]
+    assert evaluate_texts(hypotheses, references, ["wer", "exact"]) == {"wer": 1.0, "exact": 0.0}
+    assert evaluate_texts(hypotheses, references, ["wer", "exact"], normalize=lower) == {
+        "wer": 0.5, "exact": 0.5}
+    from keras_s2s_attn.evaluation import oracle_error_rates
+
+    n_best = [["k ah t", "k ae t"], ["d aa g", "d ao g"]]
+    assert oracle_error_rates(n_best, references) == {"oracle_wer@1": 1.0, "oracle_wer@2": 1.0}
+    assert oracle_error_rates(n_best, references, normalize=lower) == {
+        "oracle_wer@1": 0.5, "oracle_wer@2": 0.0}

@@ -253,6 +253,7 @@ def test_early_stopping_ends_with_the_best_weights(tmp_path, ema):
     ({"scheduled_sampling": "cubic:0.3"}, "scheduled_sampling='cubic:0.3'"),
     ({"scheduled_sampling": "linear:2"}, r"'linear:P' or 'constant:P' with P in \[0, 1\]"),
     ({"select_by": "accuracy"}, "select_by='accuracy'"),
+    ({"lower": "both"}, "`lower` must be one of False, True, 'source', 'target'"),
     ({"cell_type": "rnn"}, "cell_type='rnn'"),
     ({"attention": "cosine"}, "attention='cosine'"),
     ({"strategy": "tpu"}, "strategy='tpu'"),
@@ -279,6 +280,25 @@ def test_given_vocabularies_are_used_as_they_are(tmp_path):
     config = json.loads((tmp_path / "b" / "config.json").read_text())
     assert config["vocabularies"]["target"] == str(tmp_path / "a" / "target_vocab")
     assert config["source_vocab_size"] == 4 + 8
+
+
+def test_lower_source_lower_cases_the_source_side_only(tmp_path, capsys):
+    """G2P: "CAT" reads as "cat", and the phones come out as the dictionary writes them."""
+    from keras_s2s_attn.translation import Translator
+
+    run = tmp_path / "run"
+    code, _, err = run_cli(capsys, "train", "--train", write_pairs(tmp_path / "pairs.tsv", n=200),
+                           "--out", run, "--epochs", "1", *SMALL, "--lower", "source")
+    assert code == 0, err[-3000:]
+    assert json.loads((run / "config.json").read_text())["tokenizer_options"]["lower"] == "source"
+    translator = Translator.from_run(str(run))
+    assert (translator.source_tokenizer.lower, translator.target_tokenizer.lower) == (True, False)
+    assert "D" in translator.target_tokenizer.vocabulary  # upper-case, as in the pairs
+    texts = translator(["ABC", "abc"])["translation"].tolist()
+    assert texts[0] == texts[1]
+    code, _, err = run_cli(capsys, "train", "--train", "x.tsv", "--out", tmp_path / "b",
+                           "--lower", "both")
+    assert code == 2 and "--lower: invalid choice: 'both'" in err
 
 
 def test_cli_refuses_a_bad_option_in_one_line(tmp_path, capsys):
