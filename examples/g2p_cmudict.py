@@ -44,6 +44,9 @@ from keras_s2s_attn.options import WEIGHT_DTYPES
 # stay upper-case, as the dictionary writes them.
 COMMON = ["--source-tokenizer", "char", "--target-tokenizer", "space", "--lower", "source",
           "--embedding-dim", "64", "--batch-size", "128", "--learning-rate", "0.002"]
+LARGE = ["--units", "256", "--encoder-layers", "2", "--dropout", "0.25", "--label-smoothing", "0.1"]
+AVERAGED = [*LARGE, "--ema", "0.999", "--select-by", "wer", "--keep-checkpoints", "5",
+            "--epochs", "14"]
 MEMBERS = {
     "a": ["--units", "192", "--dropout", "0.1", "--epochs", "16"],
     "b": ["--units", "192", "--encoder-layers", "2", "--dropout", "0.2", "--epochs", "24"],
@@ -52,10 +55,11 @@ MEMBERS = {
           "--seed", "4"],
     "e": ["--units", "192", "--encoder-layers", "2", "--dropout", "0.2", "--epochs", "20",
           "--seed", "5"],
-    "f": ["--units", "256", "--encoder-layers", "2", "--dropout", "0.25", "--label-smoothing", "0.1",
-          "--epochs", "22", "--seed", "6"],
-    "g": ["--units", "256", "--encoder-layers", "2", "--dropout", "0.25", "--label-smoothing", "0.1",
-          "--epochs", "22", "--seed", "7"],
+    "f": [*LARGE, "--epochs", "22", "--seed", "6"],
+    "g": [*LARGE, "--epochs", "22", "--seed", "7"],
+    # Version 6's candidates: g's model with weight averaging, picked by dev WER each epoch.
+    "h": [*AVERAGED, "--seed", "11"],
+    "i": [*AVERAGED, "--scheduled-sampling", "linear:0.25", "--seed", "12"],
 }
 
 

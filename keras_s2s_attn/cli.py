@@ -8,7 +8,13 @@ import tempfile
 
 from keras_s2s_attn.backends import BackendError
 from keras_s2s_attn.evaluation import METRICS
-from keras_s2s_attn.options import RUN_MODELS, TOKENIZER_KINDS, WEIGHT_DTYPES, ModelOptions
+from keras_s2s_attn.options import (
+    LR_DECAYS,
+    RUN_MODELS,
+    TOKENIZER_KINDS,
+    WEIGHT_DTYPES,
+    ModelOptions,
+)
 
 
 def _positive_int(text):
@@ -119,9 +125,13 @@ def _add_train(subparsers):
                         help="mirrored: the GPUs (or logical CPUs) of this machine; "
                              "multi-worker: the cluster in TF_CONFIG, every worker running this "
                              "command (README, \"Training on several machines\")")
-    parser.add_argument("--no-lr-decay", action="store_true",
-                        help="keep the learning rate constant (default: halve it when the "
-                             "validation loss stalls)")
+    parser.add_argument("--lr-decay", choices=LR_DECAYS, default="plateau",
+                        help="plateau: halve the learning rate when the validation loss "
+                             "stalls (default); cosine: a cosine down to 1%% of it over the "
+                             "run (with --ema, whose smooth validation loss seldom stalls); "
+                             "none: constant")
+    parser.add_argument("--no-lr-decay", dest="lr_decay", action="store_const", const="none",
+                        help="--lr-decay none")
     parser.add_argument("--early-stopping", type=_positive_int, metavar="PATIENCE",
                         help="stop when the validation loss has not improved for PATIENCE "
                              "epochs, and keep the best epoch's weights in model.keras")
@@ -180,7 +190,7 @@ def _train(args):
                 max_target_length=args.max_target_length, on_bad_row=args.on_bad_row,
                 source_column=args.source_column, target_column=args.target_column,
                 header=args.header or None, seed=args.seed, strategy=args.strategy,
-                resume=args.resume, lr_decay=not args.no_lr_decay,
+                resume=args.resume, lr_decay=args.lr_decay,
                 early_stopping=args.early_stopping, callbacks=[interrupt],
             )
     except Exception as error:  # noqa: BLE001  (only a lost worker is answered here)

@@ -6,10 +6,12 @@ The command line builds its flags and defaults from these classes, so that
 
 import dataclasses
 
-# How the export may store the weights (`export_saved_model(weights_dtype=...)`).
-# The models a run directory holds: by validation loss, after the last epoch, and the
-# mean of the last epochs' weights (`s2s-attn average`); runs.py names their files.
+# The models a run directory holds: the best epoch's (by --select-by), after the last
+# epoch, and the mean of the last epochs' weights (`s2s-attn average`); runs.py names
+# their files.
 RUN_MODELS = ("best", "final", "averaged")
+LR_DECAYS = ("plateau", "cosine", "none")  # `train(lr_decay=...)`; True, False: plateau, none
+# How the export may store the weights (`export_saved_model(weights_dtype=...)`).
 WEIGHT_DTYPES = ("float32", "float16", "int8", "int4")
 # The names the layers and tokenizers accept: plain data, so the command line offers
 # them without importing Keras (the layers and `make_tokenizer` check against them).

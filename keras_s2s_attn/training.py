@@ -50,7 +50,14 @@ from keras_s2s_attn.models import (
     MaskedSparseCategoricalCrossentropy,
     build_seq2seq_model,
 )
-from keras_s2s_attn.options import CELL_TYPES, SCORES, STYLES, WINDOW_MODES, ModelOptions
+from keras_s2s_attn.options import (
+    CELL_TYPES,
+    LR_DECAYS,
+    SCORES,
+    STYLES,
+    WINDOW_MODES,
+    ModelOptions,
+)
 from keras_s2s_attn.runs import (
     BEST_MODEL,
     CONFIG_FILE,
@@ -63,6 +70,7 @@ from keras_s2s_attn.selection import ValidationMetric
 from keras_s2s_attn.text import load_tokenizer, make_tokenizer
 
 STRATEGIES = ("default", "mirrored", "multi-worker")
+COSINE_FLOOR = 0.01  # "cosine" ends at this fraction of the learning rate
 LOWER_CASED = (False, True, "source", "target")  # `lower`: neither side, both, or one
 
 
@@ -95,7 +103,7 @@ def train(train_data, out, *, valid_data=None, tokenizer="char", source_tokenize
           normalize_attention=ModelOptions.normalize_attention, dropout=ModelOptions.dropout,
           max_source_length=None, max_target_length=None,
           valid_percent=5, on_bad_row="error", source_column=0, target_column=1, header=None,
-          seed=0, strategy="default", resume=False, lr_decay=True, early_stopping=None,
+          seed=0, strategy="default", resume=False, lr_decay="plateau", early_stopping=None,
           callbacks=(), verbose="auto"):
     """Trains a seq2seq model on text pairs and writes a run directory.
 
@@ -164,8 +172,15 @@ def train(train_data, out, *, valid_data=None, tokenizer="char", source_tokenize
             then come from its config.json. A run that is done (it has
             trained `epochs` epochs, or stopped early) continues when
             `epochs` asks for more; asking for no more is refused.
-        lr_decay: Halve the learning rate when the validation loss has not
-            improved for an epoch (`ReduceLROnPlateau`, down to 1e-5).
+        lr_decay: How the learning rate falls: `"plateau"` (or True, the
+            default) halves it when the validation loss has not improved for
+            an epoch (`ReduceLROnPlateau`, down to 1e-5); `"cosine"` follows
+            a cosine from `learning_rate` down to 1% of it over all the run's
+            steps (`keras.optimizers.schedules.CosineDecay`; a resume that
+            adds epochs spans the new total, so the rate rises to that
+            cosine's value). With `ema` the validation
+            loss falls smoothly and seldom stalls, so the plateau rule may
+            never fire: use `"cosine"`. `"none"` (or False) keeps it constant.
         early_stopping: None, or a patience: stop when the validation loss
             has not improved for that many epochs, and end with the weights
             of the best epoch (`EarlyStopping(restore_best_weights=True)`).
@@ -275,8 +290,9 @@ def _new_config(out, options):
         **{name: options[name] for name in (
             "batch_size", "learning_rate", "label_smoothing", "max_source_length",
             "max_target_length", "valid_percent", "on_bad_row", "source_column",
-            "target_column", "header", "seed", "strategy", "lr_decay", "early_stopping",
+            "target_column", "header", "seed", "strategy", "early_stopping",
             "ema", "keep_checkpoints", "select_by", "scheduled_sampling")},
+        "lr_decay": _lr_decay(options["lr_decay"]),
         "mixed_precision": _mixed_policy() if options["mixed_precision"] else None,
         "model": {name: options[name] for name in (
             "embedding_dim", "units", "encoder_layers", "decoder_layers", "cell_type",
@@ -307,7 +323,8 @@ def _resumed_config(out, train_data, valid_data, epochs, early_stopping):
     for key, value in (("epochs", epochs), ("early_stopping", early_stopping)):
         if value is not None:
             config[key] = value
-    config.setdefault("lr_decay", True)  # options that runs of earlier versions lack
+    config.setdefault("lr_decay", "plateau")  # options that runs of earlier versions lack
+    config["lr_decay"] = _lr_decay(config["lr_decay"])  # earlier runs: True or False
     config.setdefault("early_stopping", None)
     config.setdefault("ema", None)
     config.setdefault("keep_checkpoints", 1)
@@ -362,6 +379,7 @@ def _check_config(config):
     _one_of(config["mixed_precision"], (None, "mixed_float16", "mixed_bfloat16"),
             "mixed_precision")
     _one_of(config["select_by"], ("loss", *METRICS), "select_by")
+    _one_of(config["lr_decay"], LR_DECAYS, "lr_decay")
     if config["scheduled_sampling"] is not None:
         sampling_schedule(config["scheduled_sampling"])
     if config["ema"] is not None:
@@ -478,7 +496,7 @@ def _compiled_model(config, source_vocab_size, target_vocab_size, distribution, 
         model = build_seq2seq_model(source_vocab_size, target_vocab_size, dtype=policy,
                                     **model_options)
         ema = config["ema"]
-        optimizer = keras.optimizers.Adam(config["learning_rate"], clipnorm=1.0,
+        optimizer = keras.optimizers.Adam(_learning_rate(config, steps), clipnorm=1.0,
                                           use_ema=ema is not None,
                                           ema_momentum=0.99 if ema is None else ema)
         if policy == "mixed_float16":  # float16 gradients underflow without loss scaling
@@ -490,6 +508,25 @@ def _compiled_model(config, source_vocab_size, target_vocab_size, distribution, 
         )
         build_optimizer(model)  # in the scope; and `fit` then traces its step once, not twice
     return model
+
+
+def _lr_decay(value):
+    """`lr_decay` by its name: True and False (as runs of earlier versions recorded
+    it) are "plateau" and "none"."""
+    if isinstance(value, bool):
+        return "plateau" if value else "none"
+    return value
+
+
+def _learning_rate(config, steps):
+    """Adam's learning rate: a number, or the cosine schedule over the run's `steps`."""
+    if config["lr_decay"] != "cosine":
+        return config["learning_rate"]
+    if steps <= 0:
+        raise ValueError("`lr_decay`: 'cosine' spans the run's training batches, which this "
+                         "dataset does not know; use 'plateau'.")
+    return keras.optimizers.schedules.CosineDecay(config["learning_rate"], decay_steps=steps,
+                                                  alpha=COSINE_FLOOR)
 
 
 def _mixed_policy():
@@ -525,7 +562,7 @@ def _callbacks(out, config, first, extra):
     own = [*first, keras.callbacks.TerminateOnNaN()]
     if config["ema"] is not None:  # validation (val_loss: the best epoch) with the averages
         own.append(EMAValidation())
-    if config["lr_decay"]:
+    if config["lr_decay"] == "plateau":
         own.append(keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5,
                                                      patience=1, min_lr=1e-5, verbose=1))
     if config["early_stopping"]:

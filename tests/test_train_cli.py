@@ -253,6 +253,7 @@ def test_early_stopping_ends_with_the_best_weights(tmp_path, ema):
     ({"scheduled_sampling": "cubic:0.3"}, "scheduled_sampling='cubic:0.3'"),
     ({"scheduled_sampling": "linear:2"}, r"'linear:P' or 'constant:P' with P in \[0, 1\]"),
     ({"select_by": "accuracy"}, "select_by='accuracy'"),
+    ({"lr_decay": "step"}, "`lr_decay` must be one of 'plateau', 'cosine', 'none'"),
     ({"lower": "both"}, "`lower` must be one of False, True, 'source', 'target'"),
     ({"cell_type": "rnn"}, "cell_type='rnn'"),
     ({"attention": "cosine"}, "attention='cosine'"),
@@ -280,6 +281,37 @@ def test_given_vocabularies_are_used_as_they_are(tmp_path):
     config = json.loads((tmp_path / "b" / "config.json").read_text())
     assert config["vocabularies"]["target"] == str(tmp_path / "a" / "target_vocab")
     assert config["source_vocab_size"] == 4 + 8
+
+
+class RecordLearningRate(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.seen = []  # (training steps so far, learning rate) at each epoch end
+
+    def on_epoch_end(self, epoch, logs=None):
+        optimizer = self.model.optimizer
+        self.seen.append((int(optimizer.iterations),
+                          float(keras.ops.convert_to_numpy(optimizer.learning_rate))))
+
+
+def test_cosine_decay_follows_a_cosine_over_the_whole_run(tmp_path, capsys):
+    record, rate = RecordLearningRate(), 0.02
+    run = tmp_path / "run"
+    train(write_pairs(tmp_path / "pairs.tsv", n=300), run, epochs=3, learning_rate=rate,
+          lr_decay="cosine", callbacks=[record], **TINY)
+    steps = record.seen[-1][0]
+    assert [seen[0] for seen in record.seen] == [steps // 3, 2 * steps // 3, steps]
+    for done, value in record.seen:  # CosineDecay with alpha=0.01, no plateau halving
+        expected = rate * (0.01 + 0.99 * 0.5 * (1 + np.cos(np.pi * done / steps)))
+        assert value == pytest.approx(expected, rel=1e-5)
+    assert json.loads((run / "config.json").read_text())["lr_decay"] == "cosine"
+    # The command line: --lr-decay names it, --no-lr-decay is "none".
+    for flags, recorded in ((["--lr-decay", "cosine"], "cosine"), (["--no-lr-decay"], "none")):
+        out = tmp_path / recorded
+        code, _, err = run_cli(capsys, "train", "--train", tmp_path / "pairs.tsv", "--out", out,
+                               "--epochs", "1", *SMALL, *flags)
+        assert code == 0, err[-3000:]
+        assert json.loads((out / "config.json").read_text())["lr_decay"] == recorded
 
 
 def test_lower_source_lower_cases_the_source_side_only(tmp_path, capsys):
