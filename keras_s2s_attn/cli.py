@@ -9,6 +9,7 @@ import tempfile
 from keras_s2s_attn.backends import BackendError
 from keras_s2s_attn.evaluation import METRICS
 from keras_s2s_attn.options import (
+    LOWER_SIDES,
     LR_DECAYS,
     RUN_MODELS,
     TOKENIZER_KINDS,
@@ -99,7 +100,7 @@ def _add_train(subparsers):
                             help=f"use this tokenizer directory (a run's {side}_vocab/) instead "
                                  "of building one from --train")
     parser.add_argument("--lower", nargs="?", const=True, default=False,
-                        choices=("source", "target"), metavar="SIDE",
+                        choices=LOWER_SIDES, metavar="SIDE",
                         help="lower-case text: both sides, or only SIDE (source or target; "
                              "G2P lower-cases the words, not the phones)")
     parser.add_argument("--no-normalize", action="store_true",

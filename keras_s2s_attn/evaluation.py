@@ -131,12 +131,9 @@ def oracle_error_rates(n_best, references, ks=None, normalize=None):
     {'oracle_wer@1': 1.0, 'oracle_wer@2': 0.0}
     """
     n_best, references = _check(n_best, references)
-    if normalize is not None:
-        # One call for every text: flattened, then the n-best lists rebuilt.
-        flat, references = _normalized([h for row in n_best for h in row], references,
-                                       normalize)
-        flat = iter(flat)
-        n_best = [[next(flat) for _ in row] for row in n_best]
+    if normalize is not None:  # one call for every text: the n-best lists group like references
+        _, groups = _in_units([], [*n_best, *references], normalize)
+        n_best, references = groups[:len(n_best)], groups[len(n_best):]
     size = min(len(hypotheses) for hypotheses in n_best)
     if ks is None:
         ks = sorted({2 ** i for i in range(size.bit_length()) if 2 ** i <= size} | {size})

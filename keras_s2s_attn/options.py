@@ -11,6 +11,7 @@ import dataclasses
 # their files.
 RUN_MODELS = ("best", "final", "averaged")
 LR_DECAYS = ("plateau", "cosine", "none")  # `train(lr_decay=...)`; True, False: plateau, none
+LOWER_SIDES = ("source", "target")  # `train(lower=...)`: one side alone, or True/False
 # How the export may store the weights (`export_saved_model(weights_dtype=...)`).
 WEIGHT_DTYPES = ("float32", "float16", "int8", "int4")
 # The names the layers and tokenizers accept: plain data, so the command line offers

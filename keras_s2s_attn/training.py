@@ -52,6 +52,7 @@ from keras_s2s_attn.models import (
 )
 from keras_s2s_attn.options import (
     CELL_TYPES,
+    LOWER_SIDES,
     LR_DECAYS,
     SCORES,
     STYLES,
@@ -71,7 +72,6 @@ from keras_s2s_attn.text import load_tokenizer, make_tokenizer
 
 STRATEGIES = ("default", "mirrored", "multi-worker")
 COSINE_FLOOR = 0.01  # "cosine" ends at this fraction of the learning rate
-LOWER_CASED = (False, True, "source", "target")  # `lower`: neither side, both, or one
 
 
 def _strategy(name):
@@ -386,7 +386,7 @@ def _check_config(config):
         _between(config["ema"], 0, 1, "ema")
     _one_of(config["on_bad_row"], data_lib.ON_BAD_ROW, "on_bad_row")
     _one_of(config["strategy"], STRATEGIES, "strategy")
-    _one_of(config["tokenizer_options"]["lower"], LOWER_CASED, "lower")
+    _one_of(config["tokenizer_options"]["lower"], (False, True, *LOWER_SIDES), "lower")
     for side in ("source", "target"):  # an unadapted tokenizer checks its kind and options
         make_tokenizer(config[f"{side}_tokenizer"], **_side_options(config, side))
         given = (config.get("vocabularies") or {}).get(side)
