@@ -93,11 +93,18 @@ class ModelSteps:
             decoder's initial states. Both are nests of `(batch, ...)`
             tensors, so a search may repeat them along the batch axis.
         """
-        memory, summary = self.encoder(source_ids, training=False)
+        memory, summary = self.run_encoder(source_ids)
         mask = ops.not_equal(source_ids, PAD_ID)
         states = self.cell.get_initial_state(ops.shape(source_ids)[0], self.bridge(summary))
         prepared = self.cell.prepare_memory(memory)
         return (memory, mask) + (() if prepared is None else (prepared,)), states
+
+    def run_encoder(self, source_ids):
+        """The encoder's `(memory, summary)` for `source_ids` (inference mode).
+
+        The extension point for another way of running the same encoder
+        (the TensorFlow `Stepper` runs it over the real tokens only)."""
+        return self.encoder(source_ids, training=False)
 
     def step(self, tokens, states, memory, t):
         """One decoder step.

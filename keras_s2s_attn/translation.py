@@ -96,7 +96,9 @@ class Translator:
                  max_source_length=DEFAULT_MAX_SOURCE_LENGTH, max_output_length=None,
                  replace_unknown=False, jit_compile=False):
         self.models = list(model) if isinstance(model, (list, tuple)) else [model]
-        self.stepper = make_stepper(self.models)
+        self.jit_compile = bool(jit_compile)
+        # XLA needs static shapes: no packed encoder, no compacted searches.
+        self.stepper = make_stepper(self.models, dynamic_shapes=not self.jit_compile)
         self.source_tokenizer = source_tokenizer
         self.target_tokenizer = target_tokenizer
         self.strategies = _checked_strategies(default_strategies() if strategies is None
@@ -107,7 +109,6 @@ class Translator:
         self.replace_unknown = bool(replace_unknown)
         if self.replace_unknown:
             _check_replace_unknown(self.stepper, target_tokenizer)
-        self.jit_compile = bool(jit_compile)
         self._encode_graph = graph_function(self.encode_text, reduce_retracing=True)
         self._finish_graph = graph_function(self.finish, reduce_retracing=True)
         self._searches = {}

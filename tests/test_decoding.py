@@ -1,9 +1,12 @@
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from keras_s2s_attn import build_seq2seq_model
-from keras_s2s_attn.decoding import Decoder, EnsembleStepper, Stepper
+from keras_s2s_attn.decoding import BeamSearch, Decoder, EnsembleStepper, GreedySearch, Stepper
+from keras_s2s_attn.decoding.packed import can_pack, packed_encode
+from keras_s2s_attn.layers.encoder import Encoder
 from keras_s2s_attn.special_ids import END_ID, PAD_ID, START_ID
 
 
@@ -311,3 +314,63 @@ def test_keras_ops_searches_equal_the_tensorflow_strategies(reversal_model, kwar
         if "attention" in python:
             np.testing.assert_allclose(python["attention"], graph["attention"].numpy(),
                                        atol=1e-5)
+
+
+@pytest.mark.parametrize("cell_type", ["gru", "lstm"])
+@pytest.mark.parametrize("bidirectional, num_layers", [(True, 2), (False, 1)])
+def test_packed_encoder_equals_the_keras_layers(cell_type, bidirectional, num_layers):
+    encoder = Encoder(30, 8, 16, num_layers=num_layers, cell_type=cell_type,
+                      bidirectional=bidirectional)
+    source_ids = np.random.default_rng(0).integers(1, 30, (5, 9)).astype("int32")
+    for row, length in enumerate([9, 3, 0, 5, 1]):  # an empty row, rows of every length
+        source_ids[row, length:] = PAD_ID
+    encoder(source_ids)
+    for weight in encoder.weights:  # biases too, so no term can hide behind a zero
+        weight.assign(np.random.default_rng(1).normal(0, 0.5, weight.shape))
+    assert can_pack(encoder)
+    memory, summary = encoder(source_ids)
+    packed_memory, packed_summary = tf.function(
+        lambda ids: packed_encode(encoder, ids), autograph=False)(source_ids)
+    real = (source_ids != PAD_ID)[..., None]
+    np.testing.assert_allclose(packed_memory.numpy() * real, memory.numpy() * real, atol=1e-6)
+    assert not np.any(packed_memory.numpy()[~real[..., 0]])  # padding: zeros
+    np.testing.assert_allclose(packed_summary.numpy(), summary.numpy(), atol=1e-6)
+
+
+def test_packed_encoder_leaves_other_cases_to_the_keras_layers():
+    encoder = Encoder(30, 8, 16)
+    holes = np.array([[5, 0, 6, 7], [8, 9, 0, 0]], np.int32)  # a PAD between tokens
+    for packed, keras_layers in zip(packed_encode(encoder, holes), encoder(holes)):
+        np.testing.assert_array_equal(packed.numpy(), keras_layers.numpy())
+
+    class OwnCall(Encoder):
+        def call(self, source_ids, training=None):
+            return super().call(source_ids, training=training)
+
+    assert not can_pack(OwnCall(30, 8, 16))
+    assert not can_pack(Encoder(30, 8, 16, dtype="mixed_bfloat16"))
+    assert not Stepper(untrained(), dynamic_shapes=False).packed
+
+
+@pytest.mark.parametrize("strategy", [GreedySearch(), BeamSearch(beam_width=3, num_results=3)])
+def test_finished_inputs_leave_the_batch_with_the_same_results(reversal_model, strategy):
+    model, (inputs, _) = reversal_model
+    sources = inputs["source_ids"][:24]  # 5 to 25 symbols: the rows end at different steps
+    sizes = []
+
+    class Counting(Stepper):
+        def step(self, tokens, states, memory, t):
+            sizes.append(int(tokens.shape[0]))
+            return super().step(tokens, states, memory, t)
+
+    compacted = strategy.decode(Counting(model), sources, 30)  # eagerly, to count the rows
+    static = strategy.decode(Stepper(model, dynamic_shapes=False), sources, 30)
+    width = strategy.width
+    assert sizes[0] == 24 * width and sizes[-1] < 12 * width  # inputs left the batch
+    assert sizes == sorted(sizes, reverse=True) and int(compacted.steps) == int(static.steps)
+    for name in ("ids", "lengths"):
+        np.testing.assert_array_equal(getattr(compacted, name).numpy(),
+                                      getattr(static, name).numpy())
+    for name in ("scores", "ranking_scores", "attention"):
+        np.testing.assert_allclose(getattr(compacted, name).numpy(),
+                                   getattr(static, name).numpy(), atol=1e-4)

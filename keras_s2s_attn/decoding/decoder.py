@@ -38,8 +38,9 @@ class Decoder:
     """
 
     def __init__(self, model, start_id=START_ID, end_id=END_ID, jit_compile=False):
-        self.stepper = make_stepper(model, start_id, end_id)
         self.jit_compile = bool(jit_compile)
+        # XLA needs static shapes: no packed encoder, no compacted searches.
+        self.stepper = make_stepper(model, start_id, end_id, dynamic_shapes=not self.jit_compile)
         self._functions = {}  # id(strategy) -> its search as a tf.function
         self._strategies = {}  # (class, options) -> the strategy object `_cached` hands out
 

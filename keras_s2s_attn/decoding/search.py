@@ -69,16 +69,31 @@ class SearchResult(NamedTuple):
                              attention=self.attention[:, :, :self.steps])
 
 
-def _same_shapes(new, old):
-    """Loop variables keep their static shapes (ops like top_k lose the batch size)."""
-    for new_tensor, old_tensor in zip(tf.nest.flatten(new), tf.nest.flatten(old)):
-        new_tensor.set_shape(old_tensor.shape)
-    return new
+class _Live(NamedTuple):
+    """The loop's per-input state, of the inputs still decoding (`rows`).
+
+    `rows` `(n,)` are their indices in the batch; `tokens`, `scores`,
+    `finished`, `lengths`, `idle` are `(n, width)`, `coverage` and
+    `source_mask` `(n, width, S)`; `states` and `memory` are the stepper's
+    nests of `(n * width, ...)` tensors.
+    """
+
+    rows: tf.Tensor
+    tokens: tf.Tensor
+    states: object
+    scores: tf.Tensor
+    finished: tf.Tensor
+    lengths: tf.Tensor
+    coverage: tf.Tensor
+    memory: object
+    source_mask: tf.Tensor
+    idle: tf.Tensor
 
 
-def _write(buffer, t, row):
-    """Writes `row` at index t of a fixed-size (steps, ...) buffer."""
-    return tf.tensor_scatter_nd_update(buffer, [[t]], row[None])
+def _write(buffer, t, rows, values):
+    """Writes `values` `(n, ...)` at step t of a `(steps, batch, ...)` buffer, rows `rows`."""
+    indices = tf.stack([tf.fill(tf.shape(rows), t), rows], axis=1)
+    return tf.tensor_scatter_nd_update(buffer, indices, values)
 
 
 def _gather(x, parents):
@@ -91,7 +106,11 @@ def run_search(strategy, stepper, source_ids, max_length, parameters, step_limit
 
     The loop stops when every row with a source token has finished: rows of
     padding only (an empty input, or rows a caller added to fill a fixed
-    batch size) are decoded alongside but never keep the loop going.
+    batch size) are decoded alongside but never keep the loop going. Where
+    the strategy is `compactable` and the stepper allows `dynamic_shapes`,
+    inputs whose hypotheses have all finished leave the batch (once a
+    quarter of it has finished), so the rest of the loop computes only the
+    live ones.
 
     Args:
         strategy: A `DecodingStrategy`.
@@ -109,32 +128,30 @@ def run_search(strategy, stepper, source_ids, max_length, parameters, step_limit
         A `SearchResult` with the strategy's `num_results` best hypotheses.
     """
     width = strategy.width
+    compact = strategy.compactable and getattr(stepper, "dynamic_shapes", False)
+    live = _initial(strategy, stepper, source_ids)
     batch, source_length = tf.shape(source_ids)[0], tf.shape(source_ids)[1]
-    memory, states = stepper.encode(source_ids)
-    if width > 1:  # (batch, ...) -> (batch * width, ...), hypotheses of an input adjacent
-        memory, states = tf.nest.map_structure(lambda x: tf.repeat(x, width, axis=0),
-                                               (memory, states))
-    source_mask = tf.repeat(tf.cast(tf.not_equal(source_ids, PAD_ID), tf.float32)[:, None],
-                            width, axis=1)
-    step = _step_function(strategy, stepper, memory, source_mask, parameters)
-    # Rows of padding only never hold the loop up.
-    idle = tf.repeat(~tf.reduce_any(tf.not_equal(source_ids, PAD_ID), axis=1)[:, None],
-                     width, axis=1)
+    buffers = (tf.zeros([max_length, batch, width], tf.int32),
+               # Identity parents: an input that left the batch keeps its hypotheses' order.
+               tf.broadcast_to(tf.range(width), [max_length, batch, width])
+               if strategy.reorders else (),
+               tf.zeros([max_length, batch, width, source_length]))
+    step = _step_function(strategy, stepper, parameters, width, compact)
+    loop = (tf.constant(0), live, buffers, _outcome(batch, width, source_length))
+    invariants = tf.nest.map_structure(lambda x: x.shape, loop)
+    if compact:  # the live inputs' count varies
+        invariants = (invariants[0], tf.nest.map_structure(_any_rows, invariants[1]),
+                      *invariants[2:])
     step_limit = max_length if step_limit is None else step_limit
-    loop = (tf.constant(0), tf.fill([batch, width], stepper.start_id), states,
-            strategy.initial_scores(batch), tf.zeros([batch, width], tf.bool),
-            tf.zeros([batch, width], tf.int32), tf.zeros([batch, width, source_length]),
-            tf.zeros([max_length, batch, width], tf.int32),
-            tf.zeros([max_length, batch, width], tf.int32) if strategy.reorders else (),
-            tf.zeros([max_length, batch, width, source_length]))
-    (steps, _, _, scores, finished, lengths, coverage, token_buf, parent_buf,
-     attention_buf) = tf.while_loop(
-        lambda t, tokens, states, scores, finished, *rest: (
-            (t < step_limit) & ~tf.reduce_all(finished | idle)),
-        lambda *loop_vars: _same_shapes(step(*loop_vars), loop_vars),
-        loop, maximum_iterations=max_length,
+    steps, live, (token_buf, parent_buf, attention_buf), outcome = tf.while_loop(
+        lambda t, live, *rest: (t < step_limit) & ~tf.reduce_all(live.finished | live.idle),
+        lambda *loop_vars: _with_shapes(step(*loop_vars), invariants),
+        loop, shape_invariants=invariants, maximum_iterations=max_length,
     )
-    final = Hypotheses(scores, finished, lengths, coverage, source_mask, stepper.end_id)
+    scores, finished, lengths, coverage = _kept(outcome, live)
+    final = Hypotheses(scores, finished, lengths, coverage,
+                       tf.repeat(_source_mask(source_ids)[:, None], width, axis=1),
+                       stepper.end_id)
     ranking = strategy.ranking(final, parameters)
     order = tf.argsort(ranking, axis=-1, direction="DESCENDING",
                        stable=True)[:, :strategy.num_results]
@@ -148,40 +165,119 @@ def run_search(strategy, stepper, source_ids, max_length, parameters, step_limit
                         _gather(scores, order), _gather(ranking, order), attention, steps)
 
 
-def _step_function(strategy, stepper, memory, source_mask, parameters):
-    """The loop body: one stepper step, the strategy's choice, the buffers written."""
+def _source_mask(source_ids):
+    return tf.cast(tf.not_equal(source_ids, PAD_ID), tf.float32)
 
-    def step(t, tokens, states, scores, finished, lengths, coverage, token_buf, parent_buf,
-             attention_buf):
-        batch, width = tf.shape(tokens)[0], tf.shape(tokens)[1]
-        log_probs, weights, states = stepper.step(tf.reshape(tokens, [-1]), states, memory, t)
-        vocab = tf.shape(log_probs)[-1]
-        log_probs = tf.reshape(log_probs, (batch, width, vocab))
-        weights = tf.reshape(weights, (batch, width, -1))
-        # A finished hypothesis continues only with padding, at no cost.
-        pad_only = tf.one_hot(PAD_ID, vocab, on_value=0.0, off_value=NEG_INF)
-        log_probs = tf.where(finished[..., None], pad_only, log_probs)
-        weights = tf.where(finished[..., None], 0.0, weights)
-        grown = Hypotheses(scores, finished, lengths + tf.cast(~finished, tf.int32),
-                           coverage + weights, source_mask, stepper.end_id)
-        tokens, parents = strategy.next_tokens(log_probs, grown, t, parameters)
+
+def _initial(strategy, stepper, source_ids):
+    """The encoded batch and the hypotheses before the first step, all inputs live."""
+    width = strategy.width
+    batch, source_length = tf.shape(source_ids)[0], tf.shape(source_ids)[1]
+    memory, states = stepper.encode(source_ids)
+    if width > 1:  # (batch, ...) -> (batch * width, ...), hypotheses of an input adjacent
+        memory, states = tf.nest.map_structure(lambda x: tf.repeat(x, width, axis=0),
+                                               (memory, states))
+    # Rows of padding only never hold the loop up.
+    idle = tf.repeat(~tf.reduce_any(tf.not_equal(source_ids, PAD_ID), axis=1)[:, None],
+                     width, axis=1)
+    return _Live(tf.range(batch), tf.fill([batch, width], stepper.start_id), states,
+                 strategy.initial_scores(batch), tf.zeros([batch, width], tf.bool),
+                 tf.zeros([batch, width], tf.int32), tf.zeros([batch, width, source_length]),
+                 memory, tf.repeat(_source_mask(source_ids)[:, None], width, axis=1), idle)
+
+
+def _outcome(batch, width, source_length):
+    """Where inputs that leave the batch keep their final scores, finished, lengths, coverage."""
+    return (tf.zeros([batch, width]), tf.zeros([batch, width], tf.bool),
+            tf.zeros([batch, width], tf.int32), tf.zeros([batch, width, source_length]))
+
+
+def _kept(outcome, live):
+    """`outcome` with the live inputs' values written into their rows."""
+    index = live.rows[:, None]
+    return tuple(tf.tensor_scatter_nd_update(kept, index, value) for kept, value in
+                 zip(outcome, (live.scores, live.finished, live.lengths, live.coverage)))
+
+
+def _any_rows(shape):
+    """`shape` with its first (live inputs) dimension unknown."""
+    return tf.TensorShape([None]).concatenate(shape[1:]) if shape.rank else shape
+
+
+def _with_shapes(new, invariants):
+    """Loop variables keep their static shapes (ops like top_k lose the batch size)."""
+    for tensor, shape in zip(tf.nest.flatten(new), tf.nest.flatten(
+            invariants, expand_composites=False)):
+        tensor.set_shape(shape)
+    return new
+
+
+def _compacted(live, outcome, width):
+    """The inputs with a live hypothesis; the others' results are moved to `outcome`."""
+    outcome = _kept(outcome, live)
+    keep = tf.cast(tf.where(~tf.reduce_all(live.finished | live.idle, axis=1))[:, 0], tf.int32)
+    hypotheses = tf.reshape(keep[:, None] * width + tf.range(width), [-1])
+    per_input = {name: tf.gather(getattr(live, name), keep) for name in (
+        "rows", "tokens", "scores", "finished", "lengths", "coverage", "source_mask", "idle")}
+    per_hypothesis = {name: tf.nest.map_structure(lambda x: tf.gather(x, hypotheses),
+                                                  getattr(live, name))
+                      for name in ("states", "memory")}
+    return live._replace(**per_input, **per_hypothesis), outcome
+
+
+def _step_function(strategy, stepper, parameters, width, compact):
+    """The loop body: one stepper step, the strategy's choice, the buffers written and,
+    with `compact`, finished inputs dropped."""
+
+    def step(t, live, buffers, outcome):
+        token_buf, parent_buf, attention_buf = buffers
+        live, parents, weights = _advance(strategy, stepper, parameters, t, live)
+        token_buf = _write(token_buf, t, live.rows, live.tokens)
         if strategy.reorders:
-            flat = parents * vocab + tokens
-            scores = (_gather(scores, parents)
-                      + tf.gather(tf.reshape(log_probs, (batch, -1)), flat, batch_dims=1))
-            finished, lengths, coverage, weights = (
-                _gather(x, parents) for x in (finished, grown.lengths, grown.coverage, weights))
-            rows = tf.reshape(parents + tf.range(batch)[:, None] * width, [-1])
-            states = tf.nest.map_structure(lambda s: tf.gather(s, rows), states)
-            parent_buf = _write(parent_buf, t, parents)
-        else:
-            scores += tf.gather(log_probs, tokens, batch_dims=2)
-            lengths, coverage = grown.lengths, grown.coverage
-        finished |= tf.equal(tokens, stepper.end_id)
-        return (t + 1, tokens, states, scores, finished, lengths, coverage,
-                _write(token_buf, t, tokens), parent_buf, _write(attention_buf, t, weights))
+            parent_buf = _write(parent_buf, t, live.rows, parents)
+        attention_buf = _write(attention_buf, t, live.rows, weights)
+        if compact:
+            count = tf.shape(live.rows)[0]
+            remaining = tf.reduce_sum(tf.cast(
+                ~tf.reduce_all(live.finished | live.idle, axis=1), tf.int32))
+            live, outcome = tf.cond(4 * remaining <= 3 * count,
+                                    lambda: _compacted(live, outcome, width),
+                                    lambda: (live, outcome))
+        return t + 1, live, (token_buf, parent_buf, attention_buf), outcome
 
     return step
+
+
+def _advance(strategy, stepper, parameters, t, live):
+    """One step of every live hypothesis: `(live, parents, weights)` after it."""
+    batch, width = tf.shape(live.tokens)[0], tf.shape(live.tokens)[1]
+    log_probs, weights, states = stepper.step(tf.reshape(live.tokens, [-1]), live.states,
+                                              live.memory, t)
+    vocab = tf.shape(log_probs)[-1]
+    log_probs = tf.reshape(log_probs, (batch, width, vocab))
+    weights = tf.reshape(weights, (batch, width, -1))
+    finished = live.finished
+    # A finished hypothesis continues only with padding, at no cost.
+    pad_only = tf.one_hot(PAD_ID, vocab, on_value=0.0, off_value=NEG_INF)
+    log_probs = tf.where(finished[..., None], pad_only, log_probs)
+    weights = tf.where(finished[..., None], 0.0, weights)
+    grown = Hypotheses(live.scores, finished, live.lengths + tf.cast(~finished, tf.int32),
+                       live.coverage + weights, live.source_mask, stepper.end_id)
+    tokens, parents = strategy.next_tokens(log_probs, grown, t, parameters)
+    if strategy.reorders:
+        flat = parents * vocab + tokens
+        scores = (_gather(live.scores, parents)
+                  + tf.gather(tf.reshape(log_probs, (batch, -1)), flat, batch_dims=1))
+        finished, lengths, coverage, weights = (
+            _gather(x, parents) for x in (finished, grown.lengths, grown.coverage, weights))
+        rows = tf.reshape(parents + tf.range(batch)[:, None] * width, [-1])
+        states = tf.nest.map_structure(lambda s: tf.gather(s, rows), states)
+    else:
+        scores = live.scores + tf.gather(log_probs, tokens, batch_dims=2)
+        lengths, coverage = grown.lengths, grown.coverage
+    finished |= tf.equal(tokens, stepper.end_id)
+    return (live._replace(tokens=tokens, states=states, scores=scores, finished=finished,
+                          lengths=lengths, coverage=coverage), parents, weights)
 
 
 def _backtrack(token_buf, parent_buf, attention_buf, order, steps, max_length):
@@ -190,8 +286,9 @@ def _backtrack(token_buf, parent_buf, attention_buf, order, steps, max_length):
     source_length = tf.shape(attention_buf)[-1]
 
     def back(t, beams, ids, attention):
-        ids = _write(ids, t, _gather(token_buf[t], beams))
-        attention = _write(attention, t, _gather(attention_buf[t], beams))
+        ids = tf.tensor_scatter_nd_update(ids, [[t]], _gather(token_buf[t], beams)[None])
+        attention = tf.tensor_scatter_nd_update(attention, [[t]],
+                                                _gather(attention_buf[t], beams)[None])
         return t - 1, _gather(parent_buf[t], beams), ids, attention
 
     _, _, ids, attention = tf.while_loop(

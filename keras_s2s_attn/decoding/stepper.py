@@ -13,6 +13,7 @@ require_tensorflow_backend(__name__)  # a clear message before TensorFlow is imp
 
 import tensorflow as tf
 
+from keras_s2s_attn.decoding.packed import can_pack, packed_encode
 from keras_s2s_attn.generation import NEG_INF, ModelSteps  # noqa: F401  (NEG_INF: re-exported)
 from keras_s2s_attn.special_ids import END_ID, START_ID
 
@@ -31,7 +32,25 @@ class Stepper(ModelSteps):
     >>> stepper = Stepper(model)
     >>> memory, states = stepper.encode(tf.constant([[5, 6, 7]]))
     >>> log_probs, weights, states = stepper.step(tf.constant([START_ID]), states, memory, 0)
+
+    Args:
+        model, start_id, end_id: As for `ModelSteps`.
+        dynamic_shapes: Whether the graph may change a tensor's size as it
+            runs (False under XLA). If so, the encoder runs over the real
+            tokens only (`packed.packed_encode`, where `can_pack` allows) and
+            compactable searches drop inputs that have finished: the same
+            results, much less work on batches of mixed lengths.
     """
+
+    def __init__(self, model, start_id=START_ID, end_id=END_ID, dynamic_shapes=True):
+        super().__init__(model, start_id, end_id)
+        self.dynamic_shapes = bool(dynamic_shapes)
+        self.packed = self.dynamic_shapes and can_pack(self.encoder)
+
+    def run_encoder(self, source_ids):
+        if self.packed:
+            return packed_encode(self.encoder, source_ids)
+        return super().run_encoder(source_ids)
 
 
 class EnsembleStepper:
@@ -64,6 +83,8 @@ class EnsembleStepper:
                              "(source, target) vocabulary sizes " + ", ".join(map(str, sizes)))
         self.start_id = self.members[0].start_id
         self.end_id = self.members[0].end_id
+        self.dynamic_shapes = all(getattr(member, "dynamic_shapes", False)
+                                  for member in self.members)
 
     @property
     def has_attention(self):
@@ -90,10 +111,9 @@ class EnsembleStepper:
         return log_probs, weights, tuple(s[2] for s in steps)
 
 
-def make_stepper(model_or_models, start_id=START_ID, end_id=END_ID):
+def make_stepper(model_or_models, start_id=START_ID, end_id=END_ID, dynamic_shapes=True):
     """A `Stepper` for one model, an `EnsembleStepper` for a list of two or more."""
-    if isinstance(model_or_models, (list, tuple)):
-        if len(model_or_models) == 1:
-            return Stepper(model_or_models[0], start_id, end_id)
-        return EnsembleStepper([Stepper(model, start_id, end_id) for model in model_or_models])
-    return Stepper(model_or_models, start_id, end_id)
+    models = (list(model_or_models) if isinstance(model_or_models, (list, tuple))
+              else [model_or_models])
+    steppers = [Stepper(model, start_id, end_id, dynamic_shapes) for model in models]
+    return steppers[0] if len(steppers) == 1 else EnsembleStepper(steppers)

@@ -42,12 +42,18 @@ class DecodingStrategy:
             tracked and read back); False: hypothesis i always extends i.
         lists_results: The export and `Translator` return all `num_results`
             results (`translations`, `scores`), not only the best.
+        compactable: An input whose hypotheses have all finished may leave
+            the batch: each input's choices depend on its own rows only, and
+            continuing finished hypotheses (with padding) changes nothing
+            but their order. False by default, for strategies that draw
+            from batch-shaped random streams or look across inputs.
     """
 
     name = None
     signature_name = None
     reorders = False
     lists_results = False
+    compactable = False
 
     @property
     def width(self):
@@ -138,6 +144,7 @@ class GreedySearch(DecodingStrategy):
     """
 
     signature_name = "serving_default"
+    compactable = True
 
     def next_tokens(self, log_probs, hypotheses, t, parameters):
         return tf.argmax(log_probs, axis=-1, output_type=tf.int32), None
@@ -167,6 +174,7 @@ class BeamSearch(DecodingStrategy):
 
     signature_name = "beam_search"
     reorders = True
+    compactable = True
     lists_results = True
 
     def __init__(self, beam_width=BeamOptions.beam_width,

@@ -1,0 +1,175 @@
+"""The encoder over real tokens only, for decoding in TensorFlow graphs.
+
+A Keras RNN over a padded batch runs every row for the longest row's steps
+(masked steps compute and are thrown away), and multiplies every position,
+padding included, by its input kernel. Over a batch of 256 words whose
+lengths run from 2 to 18 that is about twice the work the real tokens need.
+`packed_encode` does what PyTorch's `pack_padded_sequence` does: the rows are
+sorted by length, so at step t the rows still running are a prefix of the
+batch and only they go through the recurrent matrix product; the input
+kernel is applied once, to the real tokens only, before the loop (and the
+first layer's is a lookup in the product of the embedding and the kernel,
+computed once per call for the whole vocabulary).
+
+It reads the weights of the model's own Keras GRU/LSTM cells and applies
+the cells' equations (Keras' `GRUCell` with `reset_after`, its default, and
+`LSTMCell`, with their activations), so it gives the layer's outputs at
+every real position and its final states (the summary); padded positions
+of the memory are zeros, as a `Bidirectional` layer leaves them, and every
+consumer masks them. It needs dynamic shapes, so it is not for XLA, and it
+is for float32 compute (a mixed-precision encoder runs as Keras runs it).
+"""
+
+import keras
+import tensorflow as tf
+
+from keras_s2s_attn.layers.encoder import Encoder
+from keras_s2s_attn.special_ids import PAD_ID
+
+
+def can_pack(encoder):
+    """Whether `packed_encode` computes what `encoder(...)` does.
+
+    True for `Encoder` itself (not a subclass that overrides `call`) of
+    Keras LSTM or GRU layers (`reset_after`, as Keras builds them by default)
+    computing in float32."""
+    return (type(encoder).call is Encoder.call and encoder.compute_dtype == "float32"
+            and all(isinstance(cell, keras.layers.LSTMCell)
+                    or (isinstance(cell, keras.layers.GRUCell) and cell.reset_after)
+                    for cells in _layer_cells(encoder) for cell in cells))
+
+
+def _layer_cells(encoder):
+    """Per RNN layer, its cells: (forward,) or (forward, backward)."""
+    return [(rnn.forward_layer.cell, rnn.backward_layer.cell)
+            if isinstance(rnn, keras.layers.Bidirectional) else (rnn.cell,)
+            for rnn in encoder.rnns]
+
+
+def packed_encode(encoder, source_ids):
+    """`encoder(source_ids, training=False)` over the real tokens only.
+
+    Rows must be padded at the end (PAD after the last token only), as the
+    tokenizers pad them; a row with a PAD between tokens is encoded by the
+    Keras layer instead, which skips masked steps wherever they are.
+
+    Args:
+        encoder: An `Encoder` for which `can_pack` is true.
+        source_ids: Int32 `(batch, S)`, 0 for padding.
+
+    Returns:
+        `(memory, summary)`: float32 `(batch, S, memory_dim)` (zeros at padded
+        positions) and `(batch, memory_dim)`, the last layer's final hidden
+        states of each direction.
+    """
+    source_ids = tf.convert_to_tensor(source_ids, tf.int32)
+    mask = tf.not_equal(source_ids, PAD_ID)
+    lengths = tf.reduce_sum(tf.cast(mask, tf.int32), axis=1)
+    padded_at_end = tf.reduce_all(
+        tf.equal(mask, tf.sequence_mask(lengths, tf.shape(source_ids)[1])))
+    return tf.cond(padded_at_end,
+                   lambda: _packed(encoder, source_ids, lengths),
+                   lambda: tuple(encoder(source_ids, training=False)))
+
+
+def _packed(encoder, source_ids, lengths):
+    """`packed_encode` for rows padded at the end."""
+    # Longest first, so the rows still running at any step are a prefix.
+    order = tf.argsort(lengths, direction="DESCENDING", stable=True)
+    lengths = tf.gather(lengths, order)
+    x = tf.transpose(tf.gather(source_ids, order))  # (S, B): token ids, time-major
+    real_tm = tf.transpose(tf.sequence_mask(lengths, tf.shape(x)[0]))
+    positions = tf.where(real_tm)  # row-major: the packed order
+    running = tf.reduce_sum(tf.cast(real_tm, tf.int32), axis=1)  # (S,): rows at each step
+    for index, cells in enumerate(_layer_cells(encoder)):
+        inputs = [x] + [tf.reverse_sequence(x, lengths, seq_axis=0, batch_axis=1)] * (
+            len(cells) - 1)
+        if index == 0:  # embedding, then kernel: one lookup in their product
+            tables = [_embedded_kernel(encoder.embedding, cell) for cell in cells]
+            projected = [tf.gather(table, tf.gather_nd(ids, positions))
+                         for table, ids in zip(tables, inputs)]
+        else:
+            projected = [tf.matmul(tf.gather_nd(x, positions), cell.kernel) + _input_bias(cell)
+                         for cell, x in zip(cells, inputs)]
+        outputs, finals = _run_cells(cells, projected, running, tf.shape(x)[:2])
+        if len(cells) > 1:
+            outputs[1] = tf.reverse_sequence(outputs[1], lengths, seq_axis=0, batch_axis=1)
+        x = tf.concat(outputs, axis=-1) * tf.cast(real_tm, tf.float32)[..., None]
+    restore = tf.math.invert_permutation(order)
+    memory = tf.gather(tf.transpose(x, (1, 0, 2)), restore)
+    return memory, tf.gather(tf.concat(finals, axis=-1), restore)
+
+
+def _embedded_kernel(embedding, cell):
+    """`embedding(ids) @ kernel + bias` for every id: a `(vocab, gates * units)` table."""
+    return tf.matmul(embedding.embeddings, cell.kernel) + _input_bias(cell)
+
+
+def _run_cells(cells, projected, running, shape):
+    """Runs each cell over its inputs, the directions side by side.
+
+    `projected` holds per cell its `x @ kernel + bias` over the real tokens
+    in the packed order (the `running[t]` rows of step t follow those of
+    step t - 1); `shape` is `(S, B)`. Returns `([outputs (S, B, units) per
+    cell], [final h (B, units) per cell])`."""
+    steps, batch = shape[0], shape[1]
+    offsets = tf.cumsum(running, exclusive=True)
+    initial = [[tf.zeros([batch, cell.units]) for _ in range(_num_states(cell))]
+               for cell in cells]
+    buffers = [tf.TensorArray(tf.float32, size=0, dynamic_size=True,
+                              element_shape=[None, cell.units]) for cell in cells]
+    # Step 0 always runs (on no rows if all are empty), so the outputs have the batch's size.
+    runs = tf.concat([running[:1] * 0 + 1, running[1:], [0]], axis=0)
+
+    def body(t, states, buffers):
+        n, start = running[t], offsets[t]
+        new_states, new_buffers = [], []
+        for cell, xw, state, buffer in zip(cells, projected, states, buffers):
+            live = _cell_step(cell, xw[start:start + n], [s[:n] for s in state])
+            state = [tf.ensure_shape(tf.concat([new, old[n:]], axis=0), old.shape)
+                     for new, old in zip(live, state)]
+            new_states.append(state)
+            new_buffers.append(buffer.write(t, state[0]))
+        return t + 1, new_states, new_buffers
+
+    _, finals, buffers = tf.while_loop(
+        lambda t, *rest: runs[t] > 0,
+        body, (tf.constant(0), initial, buffers))
+    outputs = [_padded(buffer.stack(), steps) for buffer in buffers]
+    return outputs, [state[0] for state in finals]
+
+
+def _padded(stacked, steps):
+    """The steps taken, zero-padded to `steps` (the loop stops after the longest row)."""
+    return tf.pad(stacked, [[0, steps - tf.shape(stacked)[0]], [0, 0], [0, 0]])
+
+
+def _num_states(cell):
+    return 2 if isinstance(cell, keras.layers.LSTMCell) else 1
+
+
+def _input_bias(cell):
+    """The bias added to `x @ kernel` (the GRU's input bias when `reset_after`)."""
+    if not cell.use_bias:
+        return 0.0
+    return cell.bias[0] if isinstance(cell, keras.layers.GRUCell) else cell.bias
+
+
+def _cell_step(cell, xw, state):
+    """One step of a Keras GRU or LSTM cell, `x @ kernel + bias` given: the new states."""
+    if isinstance(cell, keras.layers.LSTMCell):
+        h, c = state
+        i, f, g, o = tf.split(xw + tf.matmul(h, cell.recurrent_kernel), 4, axis=-1)
+        act, gate = cell.activation, cell.recurrent_activation
+        c = gate(f) * c + gate(i) * act(g)
+        return [gate(o) * act(c), c]
+    (h,) = state
+    x_z, x_r, x_h = tf.split(xw, 3, axis=-1)
+    inner = tf.matmul(h, cell.recurrent_kernel)  # reset_after: r applies after the product
+    if cell.use_bias:
+        inner += cell.bias[1]
+    r_z, r_r, r_h = tf.split(inner, 3, axis=-1)
+    z = cell.recurrent_activation(x_z + r_z)
+    r = cell.recurrent_activation(x_r + r_r)
+    candidate = cell.activation(x_h + r * r_h)
+    return [z * h + (1.0 - z) * candidate]
