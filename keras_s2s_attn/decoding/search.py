@@ -8,6 +8,11 @@ attention in buffers of `max_length` steps (no dynamically sized
 hypotheses (beam search) are read back by walking the parent pointers, in
 stock TensorFlow ops (what tfa's `GatherTree` custom op did, which stock TF
 Serving lacks).
+
+Where shapes may change as the graph runs (not under XLA), an input whose
+hypotheses have all finished leaves the loop's tensors altogether for a
+compactable strategy, so a batch costs about its real output tokens rather
+than its longest row's; its results wait in full-size arrays.
 """
 
 from typing import NamedTuple
