@@ -211,8 +211,7 @@ def _any_rows(shape):
 
 def _with_shapes(new, invariants):
     """Loop variables keep their static shapes (ops like top_k lose the batch size)."""
-    for tensor, shape in zip(tf.nest.flatten(new), tf.nest.flatten(
-            invariants, expand_composites=False)):
+    for tensor, shape in zip(tf.nest.flatten(new), tf.nest.flatten(invariants)):
         tensor.set_shape(shape)
     return new
 

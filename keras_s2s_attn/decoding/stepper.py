@@ -39,7 +39,9 @@ class Stepper(ModelSteps):
             runs (False under XLA). If so, the encoder runs over the real
             tokens only (`packed.packed_encode`, where `can_pack` allows) and
             compactable searches drop inputs that have finished: the same
-            results, much less work on batches of mixed lengths.
+            results, much less work on batches of mixed lengths. A subclass
+            whose `step` reads per-row tensors of its own must carry them in
+            `memory` or `states`, which the search shrinks with the batch.
     """
 
     def __init__(self, model, start_id=START_ID, end_id=END_ID, dynamic_shapes=True):
