@@ -12,7 +12,7 @@ temporary file), then:
    (issue 14: it must not grow by more than 300 MB). `0` skips it.
 
 Any other flag goes to `s2s-attn serve` as it is (`--no-enable-batching`,
-`--num-batch-threads 2`, ...).
+`--num-batch-threads 2`, ...). MODEL, if given, comes first.
 
 The server's RSS is read from /proc (Linux) before the load and after each
 phase, and so is the CPU time it spent on the load: per request, a figure that
@@ -55,7 +55,10 @@ def start_server(model, log, max_batch_size, flags):
     match = re.search(r"at (http://127\.0\.0\.1:[0-9]+/v1/models/\S+)", line)
     if not match:
         process.kill()
-        raise SystemExit(f"the server did not start: {line!r} (its log: {log.name})")
+        process.wait()
+        log.seek(0)  # the log is a temporary file, gone once this exits: show its end
+        tail = "\n".join(log.read().splitlines()[-15:])
+        raise SystemExit(f"the server did not start: {line!r}; the end of its log:\n{tail}")
     return process, match.group(1)
 
 
@@ -147,8 +150,9 @@ async def memory(url, words, pid, count, timeout):
 
 def main():
     defaults = ServingOptions()
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("model", nargs="?", default="saved_models/g2p_en")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0],
+        usage="%(prog)s [MODEL] [options] [s2s-attn serve flags]")
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--requests", type=int, default=20, help="requests per client")
     parser.add_argument("--batch", type=word_counts, default=(1, 1),
@@ -159,7 +163,12 @@ def main():
     parser.add_argument("--time-limit", type=float, default=300.0,
                         help="seconds after which the clients stop sending")
     parser.add_argument("--request-timeout", type=float, default=120.0)
-    args, flags = parser.parse_known_args()
+    # MODEL only first: as an optional positional anywhere, argparse took the value
+    # of a flag passed through (`--num-batch-threads 4`) for the model.
+    argv = sys.argv[1:]
+    model = argv.pop(0) if argv and not argv[0].startswith("-") else "saved_models/g2p_en"
+    args, flags = parser.parse_known_args(argv)
+    args.model = model
 
     words = read_words(args.words, max(args.max_batch_size, args.batch[1] * args.requests))
     with tempfile.NamedTemporaryFile("w+", suffix=".log") as log:
