@@ -157,6 +157,8 @@ def _input_bias(cell):
 
 def _cell_step(cell, xw, state):
     """One step of a Keras GRU or LSTM cell, `x @ kernel + bias` given: the new states."""
+    # Written out rather than `cell(x, state)`: Keras' cells take x and multiply it by
+    # the kernel at every step, the product this module does once over the real tokens.
     if isinstance(cell, keras.layers.LSTMCell):
         h, c = state
         i, f, g, o = tf.split(xw + tf.matmul(h, cell.recurrent_kernel), 4, axis=-1)

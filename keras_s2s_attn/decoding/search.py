@@ -134,7 +134,9 @@ def run_search(strategy, stepper, source_ids, max_length, parameters, step_limit
     """
     width = strategy.width
     compact = strategy.compactable and getattr(stepper, "dynamic_shapes", False)
-    live = _initial(strategy, stepper, source_ids)
+    source_mask = tf.repeat(tf.cast(tf.not_equal(source_ids, PAD_ID), tf.float32)[:, None],
+                            width, axis=1)
+    live = _initial(strategy, stepper, source_ids, source_mask)
     batch, source_length = tf.shape(source_ids)[0], tf.shape(source_ids)[1]
     buffers = (tf.zeros([max_length, batch, width], tf.int32),
                # Identity parents: an input that left the batch keeps its hypotheses' order.
@@ -154,9 +156,7 @@ def run_search(strategy, stepper, source_ids, max_length, parameters, step_limit
         loop, shape_invariants=invariants, maximum_iterations=max_length,
     )
     scores, finished, lengths, coverage = _kept(outcome, live)
-    final = Hypotheses(scores, finished, lengths, coverage,
-                       tf.repeat(_source_mask(source_ids)[:, None], width, axis=1),
-                       stepper.end_id)
+    final = Hypotheses(scores, finished, lengths, coverage, source_mask, stepper.end_id)
     ranking = strategy.ranking(final, parameters)
     order = tf.argsort(ranking, axis=-1, direction="DESCENDING",
                        stable=True)[:, :strategy.num_results]
@@ -170,25 +170,20 @@ def run_search(strategy, stepper, source_ids, max_length, parameters, step_limit
                         _gather(scores, order), _gather(ranking, order), attention, steps)
 
 
-def _source_mask(source_ids):
-    return tf.cast(tf.not_equal(source_ids, PAD_ID), tf.float32)
-
-
-def _initial(strategy, stepper, source_ids):
-    """The encoded batch and the hypotheses before the first step, all inputs live."""
+def _initial(strategy, stepper, source_ids, source_mask):
+    """The encoded batch and the hypotheses before the first step, all inputs live
+    (`source_mask` `(batch, width, S)`: 1 at real source positions)."""
     width = strategy.width
     batch, source_length = tf.shape(source_ids)[0], tf.shape(source_ids)[1]
     memory, states = stepper.encode(source_ids)
     if width > 1:  # (batch, ...) -> (batch * width, ...), hypotheses of an input adjacent
         memory, states = tf.nest.map_structure(lambda x: tf.repeat(x, width, axis=0),
                                                (memory, states))
-    # Rows of padding only never hold the loop up.
-    idle = tf.repeat(~tf.reduce_any(tf.not_equal(source_ids, PAD_ID), axis=1)[:, None],
-                     width, axis=1)
+    idle = ~tf.reduce_any(source_mask > 0, axis=-1)  # rows of padding only: never waited for
     return _Live(tf.range(batch), tf.fill([batch, width], stepper.start_id), states,
                  strategy.initial_scores(batch), tf.zeros([batch, width], tf.bool),
                  tf.zeros([batch, width], tf.int32), tf.zeros([batch, width, source_length]),
-                 memory, tf.repeat(_source_mask(source_ids)[:, None], width, axis=1), idle)
+                 memory, source_mask, idle)
 
 
 def _outcome(batch, width, source_length):
@@ -216,10 +211,11 @@ def _with_shapes(new, invariants):
     return new
 
 
-def _compacted(live, outcome, width):
-    """The inputs with a live hypothesis; the others' results are moved to `outcome`."""
+def _compacted(live, outcome, width, alive):
+    """The inputs with a live hypothesis (`alive` `(n,)`); the others' results are moved
+    to `outcome`."""
     outcome = _kept(outcome, live)
-    keep = tf.cast(tf.where(~tf.reduce_all(live.finished | live.idle, axis=1))[:, 0], tf.int32)
+    keep = tf.cast(tf.where(alive)[:, 0], tf.int32)
     hypotheses = tf.reshape(keep[:, None] * width + tf.range(width), [-1])
     per_input = {name: tf.gather(getattr(live, name), keep) for name in (
         "rows", "tokens", "scores", "finished", "lengths", "coverage", "source_mask", "idle")}
@@ -241,11 +237,10 @@ def _step_function(strategy, stepper, parameters, width, compact):
             parent_buf = _write(parent_buf, t, live.rows, parents)
         attention_buf = _write(attention_buf, t, live.rows, weights)
         if compact:
-            count = tf.shape(live.rows)[0]
-            remaining = tf.reduce_sum(tf.cast(
-                ~tf.reduce_all(live.finished | live.idle, axis=1), tf.int32))
-            live, outcome = tf.cond(4 * remaining <= 3 * count,
-                                    lambda: _compacted(live, outcome, width),
+            alive = ~tf.reduce_all(live.finished | live.idle, axis=1)
+            remaining = tf.reduce_sum(tf.cast(alive, tf.int32))
+            live, outcome = tf.cond(4 * remaining <= 3 * tf.shape(live.rows)[0],
+                                    lambda: _compacted(live, outcome, width, alive),
                                     lambda: (live, outcome))
         return t + 1, live, (token_buf, parent_buf, attention_buf), outcome
 
