@@ -27,7 +27,7 @@ import numpy as np
 import tensorflow as tf
 import vs_pytorch_common as common  # benchmarks/, beside this script
 
-from keras_s2s_attn.data import DEFAULT_BUCKETS, read_pairs
+from keras_s2s_attn.data import length_buckets, read_pairs
 from keras_s2s_attn.export import export_saved_model
 from keras_s2s_attn.models import MaskedAccuracy
 from keras_s2s_attn.runs import FINAL_MODEL, SOURCE_VOCAB, TARGET_VOCAB
@@ -98,13 +98,16 @@ def prepare(spec):
     if os.path.exists(arrays_path):
         return
     pairs = read_pairs(os.path.join(spec["data"], "train.tsv"))
-    arrays = {"buckets": np.array(DEFAULT_BUCKETS)}
+    arrays = {}
     for side, kind, texts in zip(("source", "target"), ("char", "space"), pairs):
         tokenizer = make_tokenizer(kind).adapt(texts)
         tokenizer.save(os.path.join(spec["work"], common.VOCAB_DIR, side))
         ids = tokenizer.encode(tf.constant(texts))
         arrays[f"{side}_ids"] = ids.flat_values.numpy()
         arrays[f"{side}_lengths"] = ids.row_lengths().numpy()
+    # The buckets `make_dataset` fits to these pairs ("auto"), for the PyTorch contestant.
+    lengths = np.maximum(arrays["source_lengths"], arrays["target_lengths"] + 1)
+    arrays["buckets"] = np.array(length_buckets(lengths, common.BATCH_SIZE), "int64")
     np.savez(arrays_path, **arrays)
 
 

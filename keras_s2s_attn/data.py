@@ -232,12 +232,67 @@ def split_pairs(sources, targets, valid_percent=5):
             (pick(sources, held), pick(targets, held)))
 
 
-DEFAULT_BUCKETS = (8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+# A bucket of `length_buckets` holds at least this many full batches, so that
+# the partial batch each bucket ends an epoch with is at most 1 in 8 of its own.
+MIN_BATCHES_PER_BUCKET = 8
+
+
+def length_buckets(lengths, batch_size, min_batches=MIN_BATCHES_PER_BUCKET):
+    """Bucket boundaries fitted to the data: the narrowest length bands that
+    each hold at least `min_batches` full batches.
+
+    Going up from the shortest length, a band closes as soon as it holds
+    `min_batches * batch_size` pairs; the last band takes whatever is left
+    over (merged into the band below when it would be smaller). Where the
+    data is plentiful every length gets a band of its own and a batch pads
+    nothing: on the CMUdict words (2 to 20 symbols, batches of 64) fixed
+    bands of 8 padded 667 positions a batch for 476 real labels. A small
+    data set gets a single band, full batches, no tiny ones.
+
+    Args:
+        lengths: Int array, each pair's bucketing length (see `make_dataset`).
+        batch_size: Pairs per batch.
+        min_batches: Full batches each band holds at least.
+
+    Returns:
+        A sorted tuple of boundaries for `tf.data`'s
+        `bucket_by_sequence_length` (a band holds lengths from one boundary up
+        to, not including, the next); empty for one band.
+    """
+    lengths = np.asarray(lengths, "int64")
+    if lengths.size == 0:
+        return ()
+    counts = np.bincount(lengths)
+    least = min_batches * batch_size
+    boundaries, held = [], 0
+    for length, count in enumerate(counts[:-1]):
+        held += count
+        if held >= least:
+            boundaries.append(length + 1)
+            held = 0
+    if boundaries and held + counts[-1] < least:
+        boundaries.pop()  # the band above the last boundary is too small: merge it
+    return tuple(boundaries)
+
+
+def _boundaries(bucket_boundaries, lengths, batch_size):
+    """`make_dataset`'s `bucket_boundaries` as a sorted list (empty: no buckets)."""
+    if isinstance(bucket_boundaries, str):
+        if bucket_boundaries != "auto":
+            raise ValueError("`bucket_boundaries` must be 'auto', a sequence of lengths or "
+                             f"None. Received: bucket_boundaries={bucket_boundaries!r}")
+        return list(length_buckets(lengths, batch_size))
+    if not bucket_boundaries:
+        return []
+    boundaries = [int(b) if isinstance(b, np.integer) else b for b in bucket_boundaries]
+    for boundary in boundaries:
+        positive_int(boundary, "bucket_boundaries[...]")
+    return sorted(set(boundaries))
 
 
 def make_dataset(sources, targets, source_tokenizer, target_tokenizer, *, batch_size=64,
                  max_source_length=None, max_target_length=None, shuffle=True, seed=None,
-                 bucket_boundaries=DEFAULT_BUCKETS, cache=True, batch_multiple=1):
+                 bucket_boundaries="auto", cache=True, batch_multiple=1):
     """A `tf.data.Dataset` of `({"source_ids", "target_ids"}, labels)` batches.
 
     Each target becomes the decoder input `[START] y₁ … yₙ` and the labels
@@ -255,8 +310,10 @@ def make_dataset(sources, targets, source_tokenizer, target_tokenizer, *, batch_
         max_target_length: Target tokens kept before the end id, or None.
         shuffle: Shuffle the pairs every epoch.
         seed: Shuffle seed.
-        bucket_boundaries: Length boundaries for bucketing, or None to pad
-            each batch to its longest pair without bucketing.
+        bucket_boundaries: `"auto"` (`length_buckets` of these pairs: bands
+            as narrow as the data allows), a sequence of length boundaries,
+            or None to pad each batch to its longest pair without bucketing.
+            A pair's length is the longer of its source and its labels.
         cache: Cache the tokenised pairs in memory.
         batch_multiple: Pad every batch with all-padding rows up to a
             multiple of this (the number of replicas under a distribution
@@ -305,8 +362,10 @@ def make_dataset(sources, targets, source_tokenizer, target_tokenizer, *, batch_
     if shuffle:
         dataset = dataset.shuffle(min(len(sources), 10_000), seed=seed,
                                   reshuffle_each_iteration=True)
-    if bucket_boundaries:
-        boundaries = sorted(set(int(b) for b in bucket_boundaries))
+    # A pair's bucketing length: the longer of its source and its labels (+ 1: END).
+    lengths = np.maximum(source_ids.row_lengths().numpy(), target_ids.row_lengths().numpy() + 1)
+    boundaries = _boundaries(bucket_boundaries, lengths, batch_size)
+    if boundaries:
         dataset = dataset.bucket_by_sequence_length(
             lambda inputs, labels: tf.maximum(tf.shape(inputs["source_ids"])[0],
                                               tf.shape(labels)[0]),
@@ -315,8 +374,6 @@ def make_dataset(sources, targets, source_tokenizer, target_tokenizer, *, batch_
         )
         # Each pair always falls in the same bucket, so an epoch always has
         # this many batches; saying so lets Keras show and check the count.
-        lengths = np.maximum(source_ids.row_lengths().numpy(),
-                             target_ids.row_lengths().numpy() + 1)  # + 1: the END label
         per_bucket = np.bincount(np.searchsorted(boundaries, lengths, side="right"))
         batches = int(np.sum(-(-per_bucket // batch_size)))
         dataset = dataset.apply(tf.data.experimental.assert_cardinality(batches))

@@ -128,6 +128,46 @@ def test_buckets_group_similar_lengths():
     assert total == 160
 
 
+def test_length_buckets_are_as_narrow_as_the_data_allows():
+    # 2 full batches of 4 at least per band: 8 pairs.
+    lengths = [3] * 8 + [4] * 5 + [5] * 3 + [6] * 9 + [7] * 2 + [9] * 5
+    # 3 alone (8); 4 and 5 together (8); 6 alone (9); 7 and 9 (7) too few: merged below.
+    assert data.length_buckets(lengths, batch_size=4, min_batches=2) == (4, 6)
+    assert data.length_buckets([5] * 1000, batch_size=4) == ()
+    assert data.length_buckets([2] * 100 + [3] * 7, batch_size=4, min_batches=2) == ()
+    assert data.length_buckets(np.repeat(np.arange(2, 21), 600), batch_size=64) == tuple(
+        range(3, 21))  # plenty of pairs: every length a band of its own
+    assert data.length_buckets([], batch_size=4) == ()
+
+
+def test_auto_buckets_pad_nothing_on_plentiful_data_and_nothing_is_lost():
+    rng = np.random.default_rng(0)
+    words = ["".join(rng.choice(list("abcdefgh"), int(n))) for n in rng.integers(2, 12, 3000)]
+    tok = make_tokenizer("char").adapt(words)
+    dataset, _ = data.make_dataset(words, words, tok, tok, batch_size=32, seed=0)
+    padded = real = rows = 0
+    for inputs, labels in dataset:
+        labels = labels.numpy()
+        padded += labels.size
+        real += int((labels > 0).sum())
+        rows += labels.shape[0]
+        # Labels are one longer than the source: every row of a batch has one length.
+        assert len(set((labels > 0).sum(1))) == 1
+    assert rows == 3000 and real == padded
+    assert int(dataset.cardinality()) == sum(1 for _ in dataset)
+    with pytest.raises(ValueError, match="`bucket_boundaries` must be 'auto'"):
+        data.make_dataset(words, words, tok, tok, bucket_boundaries="fine")
+    with pytest.raises(ValueError, match=r"`bucket_boundaries\[...\]` must be a positive"):
+        data.make_dataset(words, words, tok, tok, bucket_boundaries=(4, 0))
+
+
+def test_small_data_gets_one_band_of_full_batches():
+    sources = ["a" * n for n in range(1, 41)]
+    tok = make_tokenizer("char").adapt(sources)
+    dataset, _ = data.make_dataset(sources, sources, tok, tok, batch_size=8, seed=0)
+    assert sorted(labels.shape[0] for _, labels in dataset) == [8] * 5
+
+
 def test_batch_multiple_pads_with_rows_that_carry_no_labels():
     sources = ["abc", "de", "fgh", "ij", "k"]
     targets = ["x", "yy", "zzz", "w", "v"]
