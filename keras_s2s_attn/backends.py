@@ -39,3 +39,20 @@ def require_tensorflow_backend(module):
             f"KERAS_BACKEND=tensorflow before Keras is imported, or {TRAIN_ANYWHERE}; "
             "keras_s2s_attn.generation decodes on any backend."
         )
+
+
+def cudnn_available():
+    """Whether Keras' own GRU/LSTM layers may run a cuDNN kernel here: TensorFlow or
+    PyTorch with a GPU (a step loop written in `keras.ops` cannot beat one)."""
+    import keras
+
+    backend = keras.config.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return bool(tf.config.list_logical_devices("GPU"))
+    if backend == "torch":
+        import torch
+
+        return torch.cuda.is_available()
+    return False

@@ -35,6 +35,11 @@ from keras_s2s_attn.special_ids import END_ID, PAD_ID, START_ID
 # A log-probability for impossible tokens and hypotheses: finite, so sums never give NaN.
 NEG_INF = -1e9
 
+# The largest target vocabulary whose tokens' input products a decoder takes as a
+# table, once per `encode` (vocabulary × 3·units values: 0.2 MB for the G2P phones);
+# above it each step multiplies its tokens' embeddings, as the model's graph does.
+MAX_TABLE_VOCABULARY = 1024
+
 
 def default_max_length(source_length):
     """Most output tokens (the end id included) when the caller sets none: 2·S + 10.
@@ -84,6 +89,9 @@ class ModelSteps:
     def encode(self, source_ids):
         """Runs the encoder once.
 
+        It also takes the decoder's `step_constants()`, once for the steps
+        that follow (kept on this object until the next `encode`).
+
         Args:
             source_ids: Int32 `(batch, S)`, 0 for padding.
 
@@ -97,6 +105,7 @@ class ModelSteps:
         mask = ops.not_equal(source_ids, PAD_ID)
         states = self.cell.get_initial_state(ops.shape(source_ids)[0], self.bridge(summary))
         prepared = self.cell.prepare_memory(memory)
+        self._constants = self.step_constants()
         return (memory, mask) + (() if prepared is None else (prepared,)), states
 
     def run_encoder(self, source_ids):
@@ -105,6 +114,33 @@ class ModelSteps:
         The extension point for another way of running the same encoder
         (the TensorFlow `Stepper` runs it over the real tokens only)."""
         return self.encoder(source_ids, training=False)
+
+    def step_constants(self):
+        """What every step reads and none changes, computed once per `encode`.
+
+        Returns:
+            None where the cell has no `step_weights()` (a step then embeds
+            its tokens and calls the cells), else a dict: `"weights"`, the
+            cell's step weights, and for a target vocabulary of at most
+            `MAX_TABLE_VOCABULARY` tokens `"table"`, every token's share of
+            the first RNN layer's input product (its embedding times the
+            kernel rows it meets), which a step looks its tokens up in
+            instead of multiplying their embeddings.
+        """
+        weights = self.cell.step_weights()
+        if weights is None:
+            return None
+        vocabulary = self.embedding.input_dim
+        if vocabulary > MAX_TABLE_VOCABULARY:
+            return {"weights": weights}
+        every_id = ops.arange(vocabulary, dtype="int32")
+        return {"weights": weights,
+                "table": self.cell.project_inputs(self.embedding(every_id), weights)}
+
+    def constants_for_step(self):
+        """The `step_constants()` of the last `encode` (computed now if there was none)."""
+        constants = getattr(self, "_constants", None)
+        return self.step_constants() if constants is None else constants
 
     def step(self, tokens, states, memory, t):
         """One decoder step.
@@ -123,9 +159,18 @@ class ModelSteps:
         """
         encoded, mask = memory[0], memory[1]
         prepared = memory[2] if len(memory) > 2 else None
+        constants = self.constants_for_step()
+        if constants is None:
+            inputs, fused = self.embedding(tokens), {}
+        else:
+            if "table" in constants:
+                inputs = ops.take(constants["table"], tokens, axis=0)
+            else:
+                inputs = self.cell.project_inputs(self.embedding(tokens), constants["weights"])
+            fused = {"step_weights": constants["weights"], "projected": True}
         (output, weights), states = self.cell(
-            self.embedding(tokens), states, encoded, memory_mask=mask,
-            prepared_memory=prepared, step=t, training=False,
+            inputs, states, encoded, memory_mask=mask,
+            prepared_memory=prepared, step=t, training=False, **fused,
         )
         log_probs = ops.log_softmax(ops.cast(self.projection(output), "float32"))
         # PAD and START are not output tokens: a search that picked one would

@@ -33,7 +33,7 @@ REVERSAL_SYMBOLS = 20
 # TensorFlow side, which needs the TensorFlow backend.
 BACKEND = keras.config.backend()
 ANY_BACKEND = ("test_attention.py", "test_decoder.py", "test_models.py", "test_learning.py",
-               "test_backends.py")
+               "test_backends.py", "test_recurrence.py")
 
 
 def pytest_report_header(config):

@@ -374,3 +374,45 @@ def test_finished_inputs_leave_the_batch_with_the_same_results(reversal_model, s
     for name in ("scores", "ranking_scores", "attention"):
         np.testing.assert_allclose(getattr(compacted, name).numpy(),
                                    getattr(static, name).numpy(), atol=1e-4)
+
+
+def test_the_step_paths_give_the_same_results(reversal_model, monkeypatch):
+    """A step looks its tokens up in a table of input products, or multiplies their
+    embeddings by the kernel (a large vocabulary), or calls the Keras cells (a cell
+    subclass with its own `rnn_step`): the same translations and scores."""
+    from keras_s2s_attn import generation
+    from keras_s2s_attn.layers import AttentionDecoderCell
+
+    model, (inputs, _) = reversal_model
+    sources = np.asarray(inputs["source_ids"][:24], np.int32)
+
+    def decoded():
+        result = Decoder(model).beam_search(sources, beam_width=3, max_output_length=30)
+        return result["ids"].numpy(), result["scores"].numpy()
+
+    stepper = Stepper(model)
+    stepper.encode(tf.constant(sources[:2]))
+    assert "table" in stepper.constants_for_step()
+    table_ids, table_scores = decoded()
+    monkeypatch.setattr(generation, "MAX_TABLE_VOCABULARY", 0)
+    product_ids, product_scores = decoded()
+    class OwnStep(AttentionDecoderCell):
+        def rnn_step(self, *args, **kwargs):
+            return super().rnn_step(*args, **kwargs)
+
+    cell = model.get_layer("decoder").cell
+    monkeypatch.setattr(cell, "__class__", OwnStep)
+    assert cell.step_weights() is None  # an overridden `rnn_step`: the cells are called
+    cell_ids, cell_scores = decoded()
+    for ids, scores in ((product_ids, product_scores), (cell_ids, cell_scores)):
+        np.testing.assert_array_equal(ids, table_ids)
+        np.testing.assert_allclose(scores, table_scores, atol=1e-4)
+
+
+def test_step_constants_of_another_graph_are_not_used():
+    stepper = Stepper(untrained())
+    memory, states = tf.function(stepper.encode)(tf.constant(SOURCES))  # stash: that graph's
+    eager = stepper.step(tf.fill([3], START_ID), states, memory, 0)
+    memory, states = stepper.encode(tf.constant(SOURCES))
+    again = stepper.step(tf.fill([3], START_ID), states, memory, 0)
+    np.testing.assert_allclose(eager[0].numpy(), again[0].numpy(), atol=1e-6)

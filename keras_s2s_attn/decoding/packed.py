@@ -12,8 +12,8 @@ first layer's is a lookup in the product of the embedding and the kernel,
 computed once per call for the whole vocabulary).
 
 It reads the weights of the model's own Keras GRU/LSTM cells and applies
-the cells' equations (Keras' `GRUCell` with `reset_after`, its default, and
-`LSTMCell`, with their activations), so it gives the layer's outputs at
+the cells' equations (`layers.recurrence`, which the layer's training path
+uses too), so it gives the layer's outputs at
 every real position and its final states (the summary); padded positions
 of the memory are zeros, as a `Bidirectional` layer leaves them, and every
 consumer masks them. It needs dynamic shapes, so it is not for XLA, and it
@@ -23,6 +23,7 @@ is for float32 compute (a mixed-precision encoder runs as Keras runs it).
 import keras
 import tensorflow as tf
 
+import keras_s2s_attn.layers.recurrence as recurrence
 from keras_s2s_attn.layers.encoder import Encoder
 from keras_s2s_attn.special_ids import PAD_ID
 
@@ -30,12 +31,12 @@ from keras_s2s_attn.special_ids import PAD_ID
 def can_pack(encoder):
     """Whether `packed_encode` computes what `encoder(...)` does.
 
-    True for `Encoder` itself (not a subclass that overrides `call`) of
-    Keras LSTM or GRU layers (`reset_after`, as Keras builds them by default)
-    computing in float32."""
-    return (type(encoder).call is Encoder.call and encoder.compute_dtype == "float32"
-            and all(isinstance(cell, keras.layers.LSTMCell)
-                    or (isinstance(cell, keras.layers.GRUCell) and cell.reset_after)
+    True for `Encoder` itself (not a subclass that overrides `call` or
+    `run_rnn`) of Keras LSTM or GRU layers (`recurrence.fusable`) computing
+    in float32."""
+    return (type(encoder).call is Encoder.call and type(encoder).run_rnn is Encoder.run_rnn
+            and encoder.compute_dtype == "float32"
+            and all(recurrence.fusable(cell)
                     for cells in _layer_cells(encoder) for cell in cells))
 
 
@@ -89,7 +90,7 @@ def _packed(encoder, source_ids, lengths):
             projected = [tf.gather(table, tf.gather_nd(ids, positions))
                          for table, ids in zip(tables, inputs)]
         else:
-            projected = [tf.matmul(tf.gather_nd(x, positions), cell.kernel) + _input_bias(cell)
+            projected = [recurrence.project_inputs(cell, tf.gather_nd(x, positions))
                          for cell, x in zip(cells, inputs)]
         outputs, finals = _run_cells(cells, projected, running, tf.shape(x)[:2])
         if len(cells) > 1:
@@ -102,7 +103,7 @@ def _packed(encoder, source_ids, lengths):
 
 def _embedded_kernel(embedding, cell):
     """`embedding(ids) @ kernel + bias` for every id: a `(vocab, gates * units)` table."""
-    return tf.matmul(embedding.embeddings, cell.kernel) + _input_bias(cell)
+    return recurrence.project_inputs(cell, embedding.embeddings)
 
 
 def _run_cells(cells, projected, running, shape):
@@ -120,12 +121,13 @@ def _run_cells(cells, projected, running, shape):
                               element_shape=[None, cell.units]) for cell in cells]
     # Step 0 always runs (on no rows if all are empty), so the outputs have the batch's size.
     runs = tf.concat([running[:1] * 0 + 1, running[1:], [0]], axis=0)
+    weights = [recurrence.recurrent_weights(cell) for cell in cells]
 
     def body(t, states, buffers):
         n, start = running[t], offsets[t]
         new_states, new_buffers = [], []
-        for cell, xw, state, buffer in zip(cells, projected, states, buffers):
-            live = _cell_step(cell, xw[start:start + n], [s[:n] for s in state])
+        for cell, xw, state, buffer, w in zip(cells, projected, states, buffers, weights):
+            _, live = recurrence.step(cell, xw[start:start + n], [s[:n] for s in state], w)
             state = [tf.ensure_shape(tf.concat([new, old[n:]], axis=0), old.shape)
                      for new, old in zip(live, state)]
             new_states.append(state)
@@ -146,32 +148,3 @@ def _padded(stacked, steps):
 
 def _num_states(cell):
     return 2 if isinstance(cell, keras.layers.LSTMCell) else 1
-
-
-def _input_bias(cell):
-    """The bias added to `x @ kernel` (the GRU's input bias when `reset_after`)."""
-    if not cell.use_bias:
-        return 0.0
-    return cell.bias[0] if isinstance(cell, keras.layers.GRUCell) else cell.bias
-
-
-def _cell_step(cell, xw, state):
-    """One step of a Keras GRU or LSTM cell, `x @ kernel + bias` given: the new states."""
-    # Written out rather than `cell(x, state)`: Keras' cells take x and multiply it by
-    # the kernel at every step, the product this module does once over the real tokens.
-    if isinstance(cell, keras.layers.LSTMCell):
-        h, c = state
-        i, f, g, o = tf.split(xw + tf.matmul(h, cell.recurrent_kernel), 4, axis=-1)
-        act, gate = cell.activation, cell.recurrent_activation
-        c = gate(f) * c + gate(i) * act(g)
-        return [gate(o) * act(c), c]
-    (h,) = state
-    x_z, x_r, x_h = tf.split(xw, 3, axis=-1)
-    inner = tf.matmul(h, cell.recurrent_kernel)  # reset_after: r applies after the product
-    if cell.use_bias:
-        inner += cell.bias[1]
-    r_z, r_r, r_h = tf.split(inner, 3, axis=-1)
-    z = cell.recurrent_activation(x_z + r_z)
-    r = cell.recurrent_activation(x_r + r_r)
-    candidate = cell.activation(x_h + r * r_h)
-    return [z * h + (1.0 - z) * candidate]

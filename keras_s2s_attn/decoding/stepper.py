@@ -54,6 +54,30 @@ class Stepper(ModelSteps):
             return packed_encode(self.encoder, source_ids)
         return super().run_encoder(source_ids)
 
+    def constants_for_step(self):
+        """The last `encode`'s `step_constants()` where this step's graph can
+        read them (the search's loop runs inside the graph that encoded),
+        else computed here."""
+        constants = getattr(self, "_constants", None)
+        if constants is None or not _readable_here(tf.nest.flatten(constants)[0]):
+            return self.step_constants()
+        return constants
+
+
+def _readable_here(tensor):
+    """Whether `tensor` belongs to the graph being built or to one it is nested in
+    (eagerly: whether it is an eager tensor)."""
+    if tf.executing_eagerly():
+        return not tf.is_symbolic_tensor(tensor)
+    if not tf.is_symbolic_tensor(tensor):
+        return False  # an eager value would be baked into the graph: take fresh ones
+    graph = tf.compat.v1.get_default_graph()
+    while graph is not None:
+        if graph is tensor.graph:
+            return True
+        graph = getattr(graph, "outer_graph", None)
+    return False
+
 
 class EnsembleStepper:
     """Several steppers decoded as one model whose next-token distribution is

@@ -322,7 +322,9 @@ class BahdanauLuongAttention(keras.layers.Layer):
             if self.normalize:
                 hidden = hidden + self.b
                 v = self.g * v / ops.sqrt(ops.sum(ops.square(v)))
-            scores = ops.sum(ops.tanh(hidden) * v, axis=-1)
+            # vᵀ tanh(·) as one matrix product (a product and a sum cost two
+            # passes over the (batch, T, S, units) values, and more to differentiate).
+            scores = ops.tensordot(ops.tanh(hidden), v, axes=1)
         else:  # location
             all_positions = ops.matmul(query, self.location_kernel)  # (B, T, max_length)
             length = ops.shape(prepared_memory)[1]

@@ -16,8 +16,10 @@ class _Feedback:
 class AttentionDecoder(keras.layers.Layer):
     """Teacher-forced decoding: the cell stepped over every target position.
 
-    The memory-side projection of the attention is computed once, then the
-    cell runs step by step with `keras.ops.scan`. For `style="luong"` without
+    The memory-side projection of the attention, the cell's `step_weights()`
+    and the target inputs' share of its first input product
+    (`project_inputs`) are computed once, then the cell runs step by step
+    with `keras.ops.scan`. For `style="luong"` without
     input feeding no step depends on an earlier attention result, so the layer
     takes a parallel path: the RNN over the whole sequence, then one batched
     attention call over all T queries (one (T × S) score matrix per row).
@@ -142,6 +144,17 @@ class AttentionDecoder(keras.layers.Layer):
         batch = ops.shape(inputs)[0]
         states = cell.get_initial_state(batch, initial_state)
         prepared = cell.prepare_memory(memory) if cell.attention is not None else None
+        # Taken once for all steps (None for cells `layers.recurrence` does not compute).
+        step_weights = cell.step_weights()
+        # The target inputs' share of the first RNN layer's input product, for
+        # all steps in one product (scheduled sampling projects the model's own
+        # predictions as it feeds them).
+        projected = step_weights is not None
+        feed = self._sampled_inputs(
+            batch, ops.shape(inputs)[1], training,
+            (lambda x: cell.project_inputs(x, step_weights)) if projected else None)
+        if projected:
+            inputs = cell.project_inputs(inputs, step_weights)
         time_major = ops.transpose(inputs, (1, 0, 2))
         # Drawn before the loop (see `AttentionDecoderCell.dropout_masks`), sliced per step.
         masks = cell.dropout_masks(batch, ops.shape(inputs)[1], training=training)
@@ -154,8 +167,10 @@ class AttentionDecoder(keras.layers.Layer):
             rnn_states, _ = cell.split_states(states)
 
             def rnn_only(carry, x):
-                output, new_states = cell.rnn_step(x, carry["states"], training=training,
-                                                   dropout_masks=masks_at(carry["step"]))
+                output, new_states = cell.rnn_step(
+                    None if projected else x, carry["states"], training=training,
+                    dropout_masks=masks_at(carry["step"]), step_weights=step_weights,
+                    projected=x if projected else None)
                 new = {"states": new_states, "output": output, "step": carry["step"] + 1}
                 return new, new
 
@@ -175,15 +190,14 @@ class AttentionDecoder(keras.layers.Layer):
             final_states = final["states"]
         else:
 
-            feed = self._sampled_inputs(batch, ops.shape(inputs)[1], training)
-
             def one_step(carry, x_t):
                 if feed is not None:
                     x_t = feed(carry, x_t)
                 (output, weights), new_states = cell(
                     x_t, carry["states"], memory, memory_mask=memory_mask,
                     prepared_memory=prepared, step=carry["step"], training=training,
-                    dropout_masks=masks_at(carry["step"]),
+                    dropout_masks=masks_at(carry["step"]), step_weights=step_weights,
+                    projected=projected,
                 )
                 new = {"states": new_states, "output": output, "step": carry["step"] + 1}
                 if weights is not None:
@@ -215,9 +229,10 @@ class AttentionDecoder(keras.layers.Layer):
             result.append(final_states)
         return result[0] if len(result) == 1 else tuple(result)
 
-    def _sampled_inputs(self, batch, steps, training):
+    def _sampled_inputs(self, batch, steps, training, project=None):
         """None without scheduled sampling in this call, else `feed(carry, x_t)`:
-        the step's input, the true token's or the model's own prediction's."""
+        the step's input, the true token's or the model's own prediction's
+        (passed through `project` when the inputs are projected)."""
         if not training or self.sampling_probability is None:
             return None
         if self._feedback.layers is None:
@@ -233,6 +248,8 @@ class AttentionDecoder(keras.layers.Layer):
         def feed(carry, x_t):
             predicted = ops.argmax(projection(carry["output"]), axis=-1)
             own = ops.cast(embedding(ops.stop_gradient(predicted)), x_t.dtype)
+            if project is not None:
+                own = project(own)
             use_own = ops.logical_and(ops.take(coins, carry["step"], axis=0) < probability,
                                       carry["step"] > 0)
             return ops.where(use_own[:, None], own, x_t)

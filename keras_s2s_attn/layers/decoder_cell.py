@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from keras_s2s_attn.checks import positive_int, rate
+import keras_s2s_attn.layers.recurrence as recurrence
 from keras_s2s_attn.layers.attention import BahdanauLuongAttention
 from keras_s2s_attn.options import CELL_TYPES, STYLES
 
@@ -45,6 +46,16 @@ class AttentionDecoderCell(keras.layers.Layer):
     Extension points: `rnn_step`, `attend` and `combine` are the three stages
     of a step; a subclass may override any of them.
 
+    A loop over steps can hand every step the same `step_weights()`, taken
+    once before the loop, and the target inputs' share of the first RNN
+    layer's input product for all steps at once (`project_inputs`); a step
+    then multiplies only the context (Bahdanau) or the input-feeding vector
+    (Luong) by the kernel, and a sequence's target inputs go through one
+    matrix product instead of one per step. `AttentionDecoder` does this.
+    It applies to Keras' `GRUCell` and `LSTMCell` (see
+    `layers.recurrence.fusable`); with other cells `step_weights()` is None
+    and each step runs the cells as they are.
+
     The state is a flat list: the states of each RNN layer from bottom to top
     (one tensor per GRU layer, [h, c] per LSTM layer), then, for Luong style
     with input feeding, the previous attentional vector h̃_{t−1}.
@@ -64,7 +75,8 @@ class AttentionDecoderCell(keras.layers.Layer):
         **kwargs: Base layer keyword arguments.
 
     Call arguments:
-        inputs: `(batch, input_dim)`, the embedded previous target token.
+        inputs: `(batch, input_dim)`, the embedded previous target token;
+            with `projected=True`, its `project_inputs` instead.
         states: The flat state list described above.
         memory: `(batch, S, memory_dim)` encoder states.
         memory_mask: Boolean `(batch, S)`, True at real source positions.
@@ -74,6 +86,9 @@ class AttentionDecoderCell(keras.layers.Layer):
         training: Python boolean.
         dropout_masks: None (dropout draws its own masks), or this step's
             slice of `dropout_masks(...)`, as `AttentionDecoder` passes.
+        step_weights: None, or `step_weights()` taken before the step loop.
+        projected: Whether `inputs` are `project_inputs(...)` (needs
+            `step_weights`).
 
     Returns:
         `((output, attention_weights), new_states)`: output `(batch,
@@ -198,6 +213,7 @@ class AttentionDecoderCell(keras.layers.Layer):
     # ------------------------------------------------------------------ build
     def build(self, inputs_shape, memory_shape=None):
         input_dim = inputs_shape[-1]
+        self.target_input_dim = input_dim
         top_size = self.top_output_size
         self.memory_dim = None
         if self.attention is not None:
@@ -291,14 +307,60 @@ class AttentionDecoderCell(keras.layers.Layer):
         return x * mask if mask is not None else self.dropout_layer(x, training=training)
 
     # ------------------------------------------------------------ sub-steps
-    def rnn_step(self, inputs, rnn_states, training=None, dropout_masks=None):
+    def step_weights(self):
+        """The loop-invariant weights of a step, taken once before a step loop.
+
+        Returns:
+            None when a cell is not one `layers.recurrence` computes, or when
+            a subclass overrides `call` or `rnn_step` (the steps then call
+            the cells, as before), else a dict with, per RNN layer, its
+            input kernel (the first layer's split into the rows that multiply
+            the target input and those that multiply the rest of its input)
+            and its recurrent weights.
+        """
+        # A subclass with its own `call` or `rnn_step` gets the cells called.
+        own = type(self).call is not AttentionDecoderCell.call or (
+            type(self).rnn_step is not AttentionDecoderCell.rnn_step)
+        if own or not all(recurrence.fusable(cell) for cell in self.cells):
+            return None
+        layers = []
+        for index, cell in enumerate(self.cells):
+            kernel = recurrence.input_kernel(cell)
+            weights = {"kernel": kernel, "recurrent": recurrence.recurrent_weights(cell)}
+            if index == 0:
+                weights["target"] = kernel[: self.target_input_dim]
+                weights["rest"] = kernel[self.target_input_dim:]
+            layers.append(weights)
+        return {"layers": layers}
+
+    def project_inputs(self, inputs, step_weights):
+        """The target inputs' share of the first RNN layer's input product (its
+        bias included), for inputs of any leading shape: `(batch, T,
+        input_dim)` for a whole sequence at once.
+
+        Args:
+            inputs: `(..., input_dim)` embedded target tokens.
+            step_weights: `step_weights()` (not None).
+
+        Returns:
+            `(..., gates)`, what a step takes with `projected=True`.
+        """
+        return recurrence.project_inputs(self.cells[0], inputs,
+                                         step_weights["layers"][0]["target"])
+
+    def rnn_step(self, inputs, rnn_states, training=None, dropout_masks=None,
+                 step_weights=None, projected=None):
         """Runs the stacked RNN one step.
 
         Args:
-            inputs: `(batch, input_dim)`.
+            inputs: `(batch, input_dim)`; with `projected`, the rest of the
+                first layer's input after the target input (or None when there
+                is none).
             rnn_states: Flat list of the RNN layers' states.
             training: Python boolean.
             dropout_masks: None, or this step's slice of `dropout_masks(...)`.
+            step_weights: None (the cells are called), or `step_weights()`.
+            projected: None, or `project_inputs` of the step's target input.
 
         Returns:
             `(top_output, new_rnn_states)`.
@@ -313,8 +375,18 @@ class AttentionDecoderCell(keras.layers.Layer):
             if index > 0:
                 mask = None if dropout_masks is None else dropout_masks["between"][index - 1]
                 x = self._dropout(x, training, mask)
-            x, cell_new = cell(x, cell_states if count > 1 else cell_states[0], training=training)
-            cell_new = cell_new if isinstance(cell_new, (list, tuple)) else [cell_new]
+            if step_weights is None:
+                x, cell_new = cell(x, cell_states if count > 1 else cell_states[0],
+                                   training=training)
+                cell_new = cell_new if isinstance(cell_new, (list, tuple)) else [cell_new]
+            else:
+                weights = step_weights["layers"][index]
+                if index == 0 and projected is not None:
+                    gates = projected if x is None else (
+                        projected + ops.matmul(x, weights["rest"]))
+                else:
+                    gates = recurrence.project_inputs(cell, x, weights["kernel"])
+                x, cell_new = recurrence.step(cell, gates, cell_states, weights["recurrent"])
             new_states.extend(cell_new)
         return x, new_states
 
@@ -359,12 +431,23 @@ class AttentionDecoderCell(keras.layers.Layer):
 
     # ------------------------------------------------------------------- call
     def call(self, inputs, states, memory=None, memory_mask=None, prepared_memory=None,
-             step=None, training=None, dropout_masks=None):
+             step=None, training=None, dropout_masks=None, step_weights=None, projected=False):
         rnn_states, feed = self.split_states(states)
         output_mask = None if dropout_masks is None else dropout_masks["output"]
+        # With `projected`, the RNN takes the target input's projection and the
+        # rest of its input apart; else the whole input, joined.
+        if projected and step_weights is None:
+            raise ValueError("`projected=True` needs the `step_weights()` of this cell.")
+        rnn_kwargs = {"training": training, "dropout_masks": dropout_masks,
+                      "step_weights": step_weights, "projected": inputs if projected else None}
+
+        def rnn_input(rest):
+            if projected:
+                return rest
+            return inputs if rest is None else ops.concatenate([inputs, rest], axis=-1)
+
         if self.attention is None:
-            output, new_states = self.rnn_step(inputs, rnn_states, training=training,
-                                               dropout_masks=dropout_masks)
+            output, new_states = self.rnn_step(rnn_input(None), rnn_states, **rnn_kwargs)
             return (self._dropout(output, training, output_mask), None), new_states
         if prepared_memory is None:
             prepared_memory = self.prepare_memory(memory)
@@ -373,16 +456,11 @@ class AttentionDecoderCell(keras.layers.Layer):
             context, weights = self.attend(
                 query, memory, memory_mask, prepared_memory, step, training
             )
-            rnn_input = ops.concatenate([inputs, context], axis=-1)
-            top, new_states = self.rnn_step(rnn_input, rnn_states, training=training,
-                                            dropout_masks=dropout_masks)
+            top, new_states = self.rnn_step(rnn_input(context), rnn_states, **rnn_kwargs)
             output = self.combine(top, context, training=training)
         else:
-            rnn_input = inputs
-            if self.input_feeding:
-                rnn_input = ops.concatenate([inputs, feed], axis=-1)
-            top, new_states = self.rnn_step(rnn_input, rnn_states, training=training,
-                                            dropout_masks=dropout_masks)
+            top, new_states = self.rnn_step(
+                rnn_input(feed if self.input_feeding else None), rnn_states, **rnn_kwargs)
             context, weights = self.attend(
                 top, memory, memory_mask, prepared_memory, step, training
             )

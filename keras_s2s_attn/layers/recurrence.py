@@ -1,0 +1,179 @@
+"""Keras' GRU and LSTM cell equations, with the input product out of the step loop.
+
+A Keras RNN layer multiplies each step's input by the cell's kernel inside its
+step loop, and under TensorFlow the gradient of that loop adds up the
+kernel's gradient one step at a time. The input product does not depend on
+the previous state, so here it is one matrix product over the whole sequence
+before the loop (and its gradient one product after it); the loop keeps the
+recurrent product and the gates. Gates are cut apart with `ops.split`, whose
+gradient is one concatenation (the slices Keras' cells take cost a zero-filled
+copy of the whole product each in the backward pass).
+
+The weights are the Keras cells' own (`kernel`, `recurrent_kernel`, `bias`)
+and so are their activations, so the results equal the cells'; `fusable` says
+which cells these equations are written for. This is a hand-written copy of
+`keras.layers.GRUCell.call` and `LSTMCell.call` because those take the raw
+input and multiply it by the kernel at every step, which is the cost this
+module exists to avoid.
+
+Everything here is `keras.ops`: it runs on every Keras backend.
+"""
+
+import keras
+from keras import ops
+
+
+def fusable(cell):
+    """Whether the equations here are those of `cell`: a Keras `GRUCell` or
+    `LSTMCell` (or a subclass with their `call`) without the cell's own dropout."""
+    for base in (keras.layers.GRUCell, keras.layers.LSTMCell):
+        if isinstance(cell, base) and type(cell).call is base.call:
+            return not cell.dropout and not cell.recurrent_dropout
+    return False
+
+
+def _is_gru(cell):
+    return isinstance(cell, keras.layers.GRUCell)
+
+
+def gates_size(cell):
+    """The width of the input product: 3 · units (GRU) or 4 · units (LSTM)."""
+    return (3 if _is_gru(cell) else 4) * cell.units
+
+
+def _weight(cell, variable):
+    """A weight in the cell's compute dtype, as the cell's own call sees it (Keras
+    casts variables for a mixed-precision policy inside a layer's call only)."""
+    return ops.cast(variable, cell.compute_dtype)
+
+
+def input_kernel(cell):
+    """The cell's input kernel `(input_dim, gates_size(cell))`, in its compute dtype."""
+    return _weight(cell, cell.kernel)
+
+
+def input_bias(cell):
+    """The bias added to the input product (None without biases)."""
+    if not cell.use_bias:
+        return None
+    bias = _weight(cell, cell.bias)
+    return bias[0] if _is_gru(cell) and cell.reset_after else bias
+
+
+def project_inputs(cell, inputs, kernel=None):
+    """`inputs @ kernel + input bias`, for inputs of any leading shape.
+
+    Args:
+        cell: A cell for which `fusable` is true.
+        inputs: `(..., input_dim)`.
+        kernel: Rows of the cell's kernel that `inputs` multiply (default:
+            the whole kernel); the bias is added in either case.
+
+    Returns:
+        `(..., gates_size(cell))`.
+    """
+    product = ops.matmul(inputs, input_kernel(cell) if kernel is None else kernel)
+    bias = input_bias(cell)
+    return product if bias is None else product + bias
+
+
+def recurrent_weights(cell):
+    """The loop-invariant weights `step` reads, taken apart once before a loop
+    (a slice taken inside the loop would be taken, and differentiated, at
+    every step)."""
+    units = cell.units
+    kernel = _weight(cell, cell.recurrent_kernel)
+    weights = {"kernel": kernel}
+    if _is_gru(cell):
+        if cell.reset_after:
+            if cell.use_bias:
+                weights["bias"] = _weight(cell, cell.bias)[1]
+        else:
+            weights["kernel"] = kernel[:, : 2 * units]
+            weights["candidate"] = kernel[:, 2 * units:]
+    return weights
+
+
+def step(cell, projected, states, weights):
+    """One step of the cell, given its projected input.
+
+    Args:
+        cell: A cell for which `fusable` is true.
+        projected: `(batch, gates_size(cell))`, `project_inputs` of the
+            step's input.
+        states: The cell's states as a list: `[h]` (GRU) or `[h, c]` (LSTM).
+        weights: `recurrent_weights(cell)`.
+
+    Returns:
+        `(output, new_states)`, as the Keras cell returns them (states as a
+        list).
+    """
+    h = states[0]
+    inner = ops.matmul(h, weights["kernel"])
+    if "bias" in weights:
+        inner = inner + weights["bias"]
+    if not _is_gru(cell):
+        i, f, candidate, o = ops.split(projected + inner, 4, axis=-1)
+        c = (cell.recurrent_activation(f) * states[1]
+             + cell.recurrent_activation(i) * cell.activation(candidate))
+        h = cell.recurrent_activation(o) * cell.activation(c)
+        return h, [h, c]
+    x_z, x_r, x_h = ops.split(projected, 3, axis=-1)
+    if cell.reset_after:
+        r_z, r_r, r_h = ops.split(inner, 3, axis=-1)
+    else:
+        r_z, r_r = ops.split(inner, 2, axis=-1)
+    z = cell.recurrent_activation(x_z + r_z)
+    r = cell.recurrent_activation(x_r + r_r)
+    if cell.reset_after:
+        recurrent_h = r * r_h
+    else:
+        recurrent_h = ops.matmul(r * h, weights["candidate"])
+    candidate = cell.activation(x_h + recurrent_h)
+    h = z * h + (1 - z) * candidate
+    return h, [h]
+
+
+def run_sequence(cell, inputs, mask, reverse=False, zero_output_for_mask=True):
+    """The cell over a sequence, as a Keras RNN layer with `return_sequences`
+    and `return_state` runs it on a mask.
+
+    At a masked step the states are carried over unchanged and the output is
+    zeros, or with `zero_output_for_mask=False` the previous step's output
+    (as the Keras layer's option of that name); `reverse` reads the sequence
+    from its end (`go_backwards`) and returns the outputs at their own
+    positions, as `keras.layers.Bidirectional` hands them on.
+
+    Args:
+        cell: A cell for which `fusable` is true.
+        inputs: `(batch, T, input_dim)`.
+        mask: Boolean `(batch, T)`, True at real steps.
+        reverse: Read from the last step to the first.
+        zero_output_for_mask: Zeros at masked steps, else the previous output.
+
+    Returns:
+        `(outputs, states)`: `(batch, T, units)` and the final states (a list).
+    """
+    weights = recurrent_weights(cell)
+    projected = project_inputs(cell, inputs)
+    real = ops.expand_dims(ops.cast(mask, projected.dtype), -1)
+    # One sequence to scan: keras.ops.scan under TensorFlow (Keras 3.15) fails
+    # on several `xs` of unknown length, so the mask rides as a last column.
+    xs = ops.transpose(ops.concatenate([projected, real], axis=-1), (1, 0, 2))
+    batch = ops.shape(inputs)[0]
+    zeros = ops.zeros((batch, cell.units), projected.dtype)
+    # The per-step outputs have the carry's structure: keras.ops.scan's
+    # TensorFlow implementation (Keras 3.15) stacks `ys` with the carry's.
+    initial = {"states": [zeros] * (1 if _is_gru(cell) else 2), "output": zeros}
+
+    def one_step(carry, x):
+        projected_t, real_t = ops.split(x, [gates_size(cell)], axis=-1)
+        old = carry["states"]
+        output, new_states = step(cell, projected_t, old, weights)
+        kept = [real_t * new + (1 - real_t) * was for new, was in zip(new_states, old)]
+        held = 0.0 if zero_output_for_mask else (1 - real_t) * carry["output"]
+        carry = {"states": kept, "output": output * real_t + held}
+        return carry, carry
+
+    final, history = ops.scan(one_step, initial, xs, reverse=reverse)
+    return ops.transpose(history["output"], (1, 0, 2)), list(final["states"])

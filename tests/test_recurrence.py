@@ -1,0 +1,104 @@
+"""`layers.recurrence`: Keras' GRU/LSTM equations with the input product out of the loop.
+
+Every case compares with Keras' own layers on the same weights, on every backend.
+"""
+
+import keras
+import numpy as np
+import pytest
+
+from keras_s2s_attn.layers import Encoder, recurrence
+from keras_s2s_attn.layers import encoder as encoder_module
+
+# Rows padded at the end, one empty, one with a masked step between real ones.
+MASK = np.array([[1, 1, 1, 1, 1, 1],
+                 [1, 1, 1, 0, 0, 0],
+                 [0, 0, 0, 0, 0, 0],
+                 [1, 1, 0, 1, 1, 0]], bool)
+
+CELLS = [
+    ("gru", {}),
+    ("gru", {"reset_after": False}),
+    ("gru", {"use_bias": False}),
+    ("lstm", {}),
+    ("lstm", {"activation": "relu", "use_bias": False}),
+]
+
+
+def randomised(layer):
+    """Random values in every weight (biases too, which Keras starts at zero)."""
+    rng = np.random.default_rng(0)
+    for weight in layer.weights:
+        weight.assign(rng.normal(0, 0.4, weight.shape).astype("float32"))
+    return layer
+
+
+def numpy(x):
+    return keras.ops.convert_to_numpy(x)
+
+
+@pytest.mark.parametrize("kind, options", CELLS)
+def test_a_sequence_equals_keras_bidirectional_layer(kind, options):
+    layer_class = keras.layers.GRU if kind == "gru" else keras.layers.LSTM
+    layer = keras.layers.Bidirectional(
+        layer_class(5, return_sequences=True, return_state=True, **options))
+    x = np.random.default_rng(1).normal(size=(4, 6, 3)).astype("float32")
+    layer.build(x.shape)
+    randomised(layer)
+    expected = [numpy(t) for t in layer(x, mask=MASK)]
+    forward, forward_states = recurrence.run_sequence(layer.forward_layer.cell, x, MASK)
+    backward, backward_states = recurrence.run_sequence(layer.backward_layer.cell, x, MASK,
+                                                        reverse=True)
+    np.testing.assert_allclose(numpy(forward), expected[0][..., :5], atol=1e-5)
+    np.testing.assert_allclose(numpy(backward), expected[0][..., 5:], atol=1e-5)
+    for got, want in zip(forward_states + backward_states, expected[1:]):
+        np.testing.assert_allclose(numpy(got), want, atol=1e-5)
+    assert np.all(numpy(forward)[~MASK] == 0)  # zeros at masked steps, as Bidirectional
+
+
+def test_without_zero_output_for_mask_a_masked_step_repeats_the_last_output():
+    layer = keras.layers.GRU(5, return_sequences=True, return_state=True)
+    x = np.random.default_rng(2).normal(size=(4, 6, 3)).astype("float32")
+    layer.build(x.shape)
+    randomised(layer)
+    expected, state = (numpy(t) for t in layer(x, mask=MASK))
+    outputs, states = recurrence.run_sequence(layer.cell, x, MASK, zero_output_for_mask=False)
+    np.testing.assert_allclose(numpy(outputs), expected, atol=1e-5)
+    np.testing.assert_allclose(numpy(states[0]), state, atol=1e-5)
+    np.testing.assert_allclose(numpy(outputs)[1, 4], numpy(outputs)[1, 2])
+
+
+def test_which_cells_are_fusable():
+    class OwnCall(keras.layers.GRUCell):
+        def call(self, inputs, states, training=False):
+            return super().call(inputs, states, training)
+
+    class SameCall(keras.layers.LSTMCell):
+        pass
+
+    assert recurrence.fusable(keras.layers.GRUCell(4))
+    assert recurrence.fusable(SameCall(4))
+    assert not recurrence.fusable(OwnCall(4))
+    assert not recurrence.fusable(keras.layers.GRUCell(4, dropout=0.1))
+    assert not recurrence.fusable(keras.layers.LSTMCell(4, recurrent_dropout=0.1))
+    assert not recurrence.fusable(keras.layers.SimpleRNNCell(4))
+
+
+@pytest.mark.parametrize("cell_type", ["gru", "lstm"])
+@pytest.mark.parametrize("bidirectional", [True, False])
+def test_the_encoder_equals_its_keras_layers(cell_type, bidirectional, monkeypatch):
+    encoder = Encoder(20, embedding_dim=6, units=5, num_layers=2, cell_type=cell_type,
+                      bidirectional=bidirectional)
+    ids = np.array([[3, 4, 5, 6, 7, 8], [9, 10, 11, 0, 0, 0], [12, 0, 0, 0, 0, 0]])
+    encoder.build(ids.shape)
+    randomised(encoder)
+    memory, summary = (numpy(t) for t in encoder(ids))
+    # Where a cuDNN kernel could run, the encoder calls the Keras layers themselves.
+    monkeypatch.setattr(encoder_module, "cudnn_available", lambda: True)
+    keras_memory, keras_summary = (numpy(t) for t in encoder(ids))
+    np.testing.assert_allclose(memory, keras_memory, atol=1e-5)
+    np.testing.assert_allclose(summary, keras_summary, atol=1e-5)
+    if bidirectional:  # Bidirectional zeros masked steps; a lone layer repeats its output
+        assert np.all(memory[1, 3:] == 0) and np.all(memory[2, 1:] == 0)
+    else:
+        np.testing.assert_array_equal(memory[1, 3:], np.repeat(memory[1, 2:3], 3, axis=0))
