@@ -14,7 +14,11 @@ Useful FLOPs count the matrix products the model cannot avoid (2 per
 multiply-add): the encoder's GRU kernels per source token and direction, the
 attention's memory projection per source token, and per decoder step and
 hypothesis the decoder GRU, the attention query, scores and context, and the
-output projection. Element-wise work (gates, tanh, softmax) is not counted.
+output projection. Kernels that meet only an embedding (the encoder's first
+input kernels, the decoder GRU's rows for the target embedding) are not a
+per-token cost: every symbol's product is one table, counted once per
+decode (as the package's plain graphs compute them). Element-wise work
+(gates, tanh, softmax) is not counted.
 The peak is float32 `tf.matmul` at the decoder GRU's input shape with at
 least 256 rows (a one-row product measures call overhead, not the
 machine), timed in the same run.
@@ -49,15 +53,26 @@ def useful_flops(model, batch, source_length, steps, width=1):
     def product(shape):
         return 2 * shape[0] * shape[1]
 
-    encoder = sum(product(tuple(w.shape)) for w in model.get_layer("encoder").weights
-                  if w.path.endswith("kernel"))  # both directions, input and recurrent
+    encoder_kernels = [tuple(w.shape) for w in model.get_layer("encoder").weights
+                       if w.path.endswith("kernel")]  # both directions, input and recurrent
+    # The first layer's input kernels meet the embedding only: a table, once per decode.
+    first = [w for w in model.get_layer("encoder").weights
+             if "_0/" in w.path and w.path.endswith("/kernel")]
+    source_vocabulary = _matrix(model, "encoder/embedding/embeddings")[0]
+    encoder = (sum(map(product, encoder_kernels))
+               - sum(product(tuple(w.shape)) for w in first))
     memory_dim, attention_dim = _matrix(model, "attention/memory_kernel")
     per_token = encoder + product((memory_dim, attention_dim))
+    vocabulary, embedding_dim = _matrix(model, "target_embedding/embeddings")
+    gates = _matrix(model, "gru_cell_0/kernel")[1]
     per_step = (sum(product(tuple(w.shape)) for w in model.get_layer("decoder").weights
                     if w.path.endswith("kernel") and "attention/memory" not in w.path)
+                - product((embedding_dim, gates))  # the target embedding's rows: the table
                 + 2 * source_length * (attention_dim + memory_dim)  # scores and context
                 + product(_matrix(model, "output_projection/kernel")))
-    return batch * (source_length * per_token + width * steps * per_step)
+    tables = (vocabulary * product((embedding_dim, gates))
+              + source_vocabulary * sum(product(tuple(w.shape)) for w in first))
+    return batch * (source_length * per_token + width * steps * per_step) + tables
 
 
 def matmul_peak(rows, shape, repeats):
