@@ -347,7 +347,11 @@ def test_packed_encoder_leaves_other_cases_to_the_keras_layers():
         def call(self, source_ids, training=None):
             return super().call(source_ids, training=training)
 
-    assert not can_pack(OwnCall(30, 8, 16))
+    class OwnRun(Encoder):
+        def run_rnn(self, rnn, inputs, mask, training=None):
+            return super().run_rnn(rnn, inputs, mask, training=training)
+
+    assert not can_pack(OwnCall(30, 8, 16)) and not can_pack(OwnRun(30, 8, 16))
     assert not can_pack(Encoder(30, 8, 16, dtype="mixed_bfloat16"))
     assert not Stepper(untrained(), dynamic_shapes=False).packed
 

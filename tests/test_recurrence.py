@@ -102,3 +102,23 @@ def test_the_encoder_equals_its_keras_layers(cell_type, bidirectional, monkeypat
         assert np.all(memory[1, 3:] == 0) and np.all(memory[2, 1:] == 0)
     else:
         np.testing.assert_array_equal(memory[1, 3:], np.repeat(memory[1, 2:3], 3, axis=0))
+
+
+def test_a_subclass_runs_its_own_rnn_layers():
+    """`Encoder.run_rnn` is the extension point that runs one layer of the stack."""
+    class Halved(Encoder):
+        def run_rnn(self, rnn, inputs, mask, training=None):
+            outputs, *states = super().run_rnn(rnn, inputs, mask, training=training)
+            return [outputs * 0.5, *[state * 0.5 for state in states]]
+
+    ids = np.array([[3, 4, 5, 0], [6, 7, 0, 0]])
+    plain = Encoder(20, embedding_dim=6, units=5)
+    plain.build(ids.shape)
+    randomised(plain)
+    halved = Halved(20, embedding_dim=6, units=5)
+    halved.build(ids.shape)
+    halved.set_weights(plain.get_weights())
+    memory, summary = (numpy(t) for t in plain(ids))
+    half_memory, half_summary = (numpy(t) for t in halved(ids))
+    np.testing.assert_allclose(half_memory, memory * 0.5, atol=1e-6)
+    np.testing.assert_allclose(half_summary, summary * 0.5, atol=1e-6)

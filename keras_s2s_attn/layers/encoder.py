@@ -22,8 +22,9 @@ class Encoder(keras.layers.Layer):
     their weights are what is saved. Where no cuDNN kernel can run them, the
     layer computes their equations with each input product taken once over
     the whole sequence, outside the step loop (`layers.recurrence`): the
-    same results, and training about a tenth faster on a CPU. `run_rnn` is
-    the extension point that runs one layer.
+    same results, with less work per step (and its gradient one product
+    instead of one per step). `run_rnn` is the extension point that runs
+    one layer.
 
     Args:
         vocab_size: Size of the source vocabulary.
