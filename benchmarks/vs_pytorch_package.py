@@ -27,7 +27,7 @@ import numpy as np
 import tensorflow as tf
 import vs_pytorch_common as common  # benchmarks/, beside this script
 
-from keras_s2s_attn.data import length_buckets, read_pairs
+from keras_s2s_attn.data import length_buckets, pair_lengths, read_pairs
 from keras_s2s_attn.export import export_saved_model
 from keras_s2s_attn.models import MaskedAccuracy
 from keras_s2s_attn.runs import FINAL_MODEL, SOURCE_VOCAB, TARGET_VOCAB
@@ -106,7 +106,7 @@ def prepare(spec):
         arrays[f"{side}_ids"] = ids.flat_values.numpy()
         arrays[f"{side}_lengths"] = ids.row_lengths().numpy()
     # The buckets `make_dataset` fits to these pairs ("auto"), for the PyTorch contestant.
-    lengths = np.maximum(arrays["source_lengths"], arrays["target_lengths"] + 1)
+    lengths = pair_lengths(arrays["source_lengths"], arrays["target_lengths"])
     arrays["buckets"] = np.array(length_buckets(lengths, common.BATCH_SIZE), "int64")
     np.savez(arrays_path, **arrays)
 

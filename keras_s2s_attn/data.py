@@ -250,7 +250,7 @@ def length_buckets(lengths, batch_size, min_batches=MIN_BATCHES_PER_BUCKET):
     data set gets a single band, full batches, no tiny ones.
 
     Args:
-        lengths: Int array, each pair's bucketing length (see `make_dataset`).
+        lengths: Int array, each pair's bucketing length (`pair_lengths`).
         batch_size: Pairs per batch.
         min_batches: Full batches each band holds at least.
 
@@ -273,6 +273,12 @@ def length_buckets(lengths, batch_size, min_batches=MIN_BATCHES_PER_BUCKET):
     if boundaries and held + counts[-1] < least:
         boundaries.pop()  # the band above the last boundary is too small: merge it
     return tuple(boundaries)
+
+
+def pair_lengths(source_lengths, target_lengths):
+    """Each pair's bucketing length: the longer of its source and its labels (the
+    target and the END id), from the token counts of both sides."""
+    return np.maximum(np.asarray(source_lengths), np.asarray(target_lengths) + 1)
 
 
 def _boundaries(bucket_boundaries, lengths, batch_size):
@@ -362,8 +368,7 @@ def make_dataset(sources, targets, source_tokenizer, target_tokenizer, *, batch_
     if shuffle:
         dataset = dataset.shuffle(min(len(sources), 10_000), seed=seed,
                                   reshuffle_each_iteration=True)
-    # A pair's bucketing length: the longer of its source and its labels (+ 1: END).
-    lengths = np.maximum(source_ids.row_lengths().numpy(), target_ids.row_lengths().numpy() + 1)
+    lengths = pair_lengths(source_ids.row_lengths().numpy(), target_ids.row_lengths().numpy())
     boundaries = _boundaries(bucket_boundaries, lengths, batch_size)
     if boundaries:
         dataset = dataset.bucket_by_sequence_length(
