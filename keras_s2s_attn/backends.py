@@ -9,6 +9,7 @@ the Keras layers inside TensorFlow graphs and so need `KERAS_BACKEND` to be
 `tensorflow`. Each such module calls one of the two checks below at import.
 """
 
+import functools
 import importlib.util
 
 TRAIN_ANYWHERE = (
@@ -41,9 +42,13 @@ def require_tensorflow_backend(module):
         )
 
 
+@functools.cache
 def cudnn_available():
     """Whether Keras' own GRU/LSTM layers may run a cuDNN kernel here: TensorFlow or
-    PyTorch with a GPU (a step loop written in `keras.ops` cannot beat one)."""
+    PyTorch with a GPU (a step loop written in `keras.ops` cannot beat one).
+
+    Asked once per process (the backend and its devices are fixed by then): the
+    encoder asks at every call, which under PyTorch, run eagerly, is every step."""
     import keras
 
     backend = keras.config.backend()

@@ -115,7 +115,7 @@ def _run_cells(cells, projected, running, shape):
     cell], [final h (B, units) per cell])`."""
     steps, batch = shape[0], shape[1]
     offsets = tf.cumsum(running, exclusive=True)
-    initial = [[tf.zeros([batch, cell.units]) for _ in range(_num_states(cell))]
+    initial = [[tf.zeros([batch, cell.units]) for _ in range(recurrence.state_count(cell))]
                for cell in cells]
     buffers = [tf.TensorArray(tf.float32, size=0, dynamic_size=True,
                               element_shape=[None, cell.units]) for cell in cells]
@@ -145,6 +145,3 @@ def _padded(stacked, steps):
     """The steps taken, zero-padded to `steps` (the loop stops after the longest row)."""
     return tf.pad(stacked, [[0, steps - tf.shape(stacked)[0]], [0, 0], [0, 0]])
 
-
-def _num_states(cell):
-    return 2 if isinstance(cell, keras.layers.LSTMCell) else 1

@@ -3,11 +3,10 @@
 import keras
 from keras import ops
 
-from keras_s2s_attn.checks import positive_int, rate
 import keras_s2s_attn.layers.recurrence as recurrence
 from keras_s2s_attn.backends import cudnn_available
+from keras_s2s_attn.checks import positive_int, rate
 from keras_s2s_attn.options import CELL_TYPES
-
 
 
 @keras.saving.register_keras_serializable(package="keras_s2s_attn")

@@ -36,6 +36,11 @@ def _is_gru(cell):
     return isinstance(cell, keras.layers.GRUCell)
 
 
+def state_count(cell):
+    """The number of state tensors: 1 (GRU: h) or 2 (LSTM: h, c)."""
+    return 1 if _is_gru(cell) else 2
+
+
 def gates_size(cell):
     """The width of the input product: 3 · units (GRU) or 4 · units (LSTM)."""
     return (3 if _is_gru(cell) else 4) * cell.units
@@ -164,7 +169,7 @@ def run_sequence(cell, inputs, mask, reverse=False, zero_output_for_mask=True):
     zeros = ops.zeros((batch, cell.units), projected.dtype)
     # The per-step outputs have the carry's structure: keras.ops.scan's
     # TensorFlow implementation (Keras 3.15) stacks `ys` with the carry's.
-    initial = {"states": [zeros] * (1 if _is_gru(cell) else 2), "output": zeros}
+    initial = {"states": [zeros] * state_count(cell), "output": zeros}
 
     def one_step(carry, x):
         projected_t, real_t = ops.split(x, [gates_size(cell)], axis=-1)
