@@ -74,8 +74,10 @@ def test_scores_match_paper_equations(case):
         np.testing.assert_allclose(weights[:2].sum(-1), 1.0, atol=1e-6)
 
 
-@pytest.mark.parametrize("case", ["additive", "general", "dot", "location"])
+@pytest.mark.parametrize("case", sorted(set(CASES) - {"location_short"}))  # S > max_length
 def test_one_step_query_equals_row_of_sequence_query(case):
+    """A one-step query (how decoding and the Bahdanau order call the layer) takes
+    other ops than a sequence of queries: the same numbers either way."""
     kwargs, memory_dim = CASES[case]
     query, memory, mask = make_inputs(memory_dim)
     layer = BahdanauLuongAttention(**kwargs)
