@@ -433,16 +433,24 @@ def parse_predict_body(body, max_batch_size, input_name="text"):
     return PredictRequest(signature, texts, row_format, _output_filter(body), scalars)
 
 
-def _json_value(value, decimals=None):
-    """A numpy value as JSON-ready Python: bytes decoded, floats rounded to `decimals`."""
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
+def _batch_values(value, decimals=None):
+    """One output of the whole batch made ready for JSON at once: bytes decoded
+    (as UTF-8, bad bytes replaced), floats rounded to `decimals` (as float64).
+    Each row is then a slice of it (`_json_value`), with no numpy call per row."""
     value = np.asarray(value)
     if value.dtype == object:
-        return [_json_value(item) for item in value]
+        texts = np.empty(value.shape, dtype=object)
+        texts.reshape(-1)[:] = [item.decode("utf-8", "replace") if isinstance(item, bytes)
+                                else item for item in value.reshape(-1)]
+        return texts
     if decimals is not None and np.issubdtype(value.dtype, np.floating):
-        value = np.round(value.astype(np.float64), decimals)
-    return value.tolist()
+        return np.round(value.astype(np.float64), decimals)
+    return value
+
+
+def _json_value(value):
+    """A value of a `_batch_values` array (a row, a slice or an element) as Python."""
+    return value.tolist() if isinstance(value, (np.ndarray, np.generic)) else value
 
 
 # Outputs padded after the batch axis, and the token outputs whose non-empty
@@ -467,11 +475,10 @@ def _cut(name, value, lengths, batch_axis):
     return value
 
 
-def _row(outputs, index, names, lengths, decimals):
+def _row(outputs, index, names, lengths):
     """One instance's answer: its outputs, padded axes cut to the instance's own lengths."""
     own = {axis: rows[index] for axis, rows in lengths.items()}
-    return {name: _json_value(_cut(name, outputs[name][index], own, 0), decimals)
-            for name in names}
+    return {name: _json_value(_cut(name, outputs[name][index], own, 0)) for name in names}
 
 
 def format_outputs(outputs, row_format, names=None, decimals=None):
@@ -493,12 +500,13 @@ def format_outputs(outputs, row_format, names=None, decimals=None):
     names = list(outputs) if names is None else names
     lengths = {name: _real_lengths(outputs[name]) for name in ("source_tokens", "target_tokens")
                if name in outputs and np.ndim(outputs[name]) == 2}
+    batch = len(next(iter(outputs.values()))) if outputs else 0
+    outputs = {name: _batch_values(outputs[name], decimals) for name in names}
     if not row_format:
         longest = {name: int(rows.max(initial=0)) for name, rows in lengths.items()}
-        return {"outputs": {name: _json_value(_cut(name, outputs[name], longest, 1), decimals)
+        return {"outputs": {name: _json_value(_cut(name, outputs[name], longest, 1))
                             for name in names}}
-    batch = len(next(iter(outputs.values()))) if outputs else 0
-    return {"predictions": [_row(outputs, i, names, lengths, decimals) for i in range(batch)]}
+    return {"predictions": [_row(outputs, i, names, lengths) for i in range(batch)]}
 
 
 def _tensor_info(tensor):
