@@ -89,6 +89,23 @@ def test_one_step_query_equals_row_of_sequence_query(case):
         np.testing.assert_allclose(context, full_context[:, t], atol=1e-6)
 
 
+@pytest.mark.parametrize("case", ["dot", "scaled_dot_scale", "general_scale"])
+def test_one_step_query_under_mixed_precision_is_close_to_float32(case):
+    """The one-step dot scores are summed in float32 under mixed_bfloat16 too."""
+    kwargs, memory_dim = CASES[case]
+    query, memory, mask = make_inputs(memory_dim)
+    exact = BahdanauLuongAttention(**kwargs)
+    mixed = BahdanauLuongAttention(**kwargs, dtype="mixed_bfloat16")
+    for layer in (exact, mixed):
+        layer.build(query[:, 0].shape, memory.shape)
+        perturb(layer)
+    context, weights = run(mixed, query[:, 0], memory, mask)
+    assert context.dtype == weights.dtype == np.float32
+    expected_context, expected_weights = run(exact, query[:, 0], memory, mask)
+    np.testing.assert_allclose(weights, expected_weights, atol=0.03)
+    np.testing.assert_allclose(context, expected_context, atol=0.05)
+
+
 @pytest.mark.parametrize("mode", ["local-m", "local-p"])
 @pytest.mark.parametrize("score", ["general", "additive"])
 def test_local_attention_matches_paper(mode, score):
