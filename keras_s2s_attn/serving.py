@@ -434,7 +434,7 @@ def parse_predict_body(body, max_batch_size, input_name="text"):
 
 
 def _batch_values(value, decimals=None):
-    """One output of the whole batch made ready for JSON at once: bytes decoded
+    """One output of all the rows being formatted made ready for JSON at once: bytes decoded
     (as UTF-8, bad bytes replaced), floats rounded to `decimals` (as float64).
     Each row is then a slice of it (`_json_value`), with no numpy call per row."""
     value = np.asarray(value)
