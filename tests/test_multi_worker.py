@@ -1,10 +1,10 @@
 """`s2s-attn train --strategy multi-worker`: two real worker processes on loopback ports.
 
 Each test starts the workers as a user would, one `s2s-attn train` per worker
-with its `TF_CONFIG`, and checks what they leave: one run directory (the
-chief's), the same training as one process with the same global batch, a
-refusal when their vocabularies differ, and a SIGKILLed worker that, with
-every worker restarted with `--resume`, costs no epoch twice.
+with its `TF_CONFIG`, and checks what they leave: a refusal when their
+vocabularies differ, and a SIGKILLed worker that, with every worker restarted
+with `--resume`, costs no epoch twice and ends in one run directory (the
+chief's) holding the same training as one process with the same global batch.
 """
 
 import json
@@ -54,33 +54,6 @@ def losses(run):
 
 
 @pytest.mark.timeout(600)
-def test_two_workers_train_like_one_process_with_the_global_batch(tmp_path):
-    pairs = write_pairs(tmp_path / "pairs.tsv", n=600)
-    run = tmp_path / "run"
-    workers = start_workers(loopback_tf_configs(2), lambda index: [
-        "--train", pairs, "--out", str(run), "--strategy", "multi-worker", "--epochs", "2",
-        *TINY], tmp_path, "train")
-    results = finish(workers)
-    for code, _, err in results:
-        assert code == 0, err[-3000:]
-    assert json.loads(results[0][1])["run_dir"] == str(run)
-    # One run directory, the chief's; the other worker's copy is gone.
-    assert sorted(os.listdir(run)) == ["backup", "best.keras", "config.json", "logs",
-                                       "metrics.csv", "model.keras", "source_vocab",
-                                       "target_vocab"]
-    epochs, multi = losses(run)
-    assert epochs == [0, 1]
-    # One process, batches of 2 x 32: the same batches, the loss of each half
-    # averaged instead of one mean over all tokens, so close but not equal.
-    single = tmp_path / "single"
-    train(pairs, single, epochs=2, units=16, embedding_dim=8, batch_size=64, dropout=0.0,
-          seed=3, lr_decay=False, verbose=0)
-    _, one = losses(single)
-    for a, b in zip(multi, one):
-        assert abs(a - b) <= 0.01 * b, (multi, one)
-
-
-@pytest.mark.timeout(600)
 def test_workers_with_different_vocabularies_stop_with_one_line(tmp_path):
     other = write_pairs(tmp_path / "other.tsv", n=300, seed=1)
     with open(other, "a", encoding="utf-8") as handle:
@@ -108,7 +81,7 @@ def test_multi_worker_without_tf_config_is_one_line(tmp_path, monkeypatch):
 
 
 @pytest.mark.timeout(900)
-def test_a_killed_worker_restarted_with_its_peer_trains_no_epoch_twice(tmp_path):
+def test_a_killed_worker_restarted_with_its_peer_trains_like_one_process(tmp_path):
     pairs = write_pairs(tmp_path / "pairs.tsv", n=2000)
     run = tmp_path / "run"
 
@@ -139,6 +112,19 @@ def test_a_killed_worker_restarted_with_its_peer_trains_no_epoch_twice(tmp_path)
     first = min(int(line.split()[1].split("/")[0]) for line in chief_err.splitlines()
                 if line.startswith("Epoch "))
     assert first == done + 1, chief_err[-2000:]
-    epochs, values = losses(run)
+    assert json.loads(restarted[0][1])["run_dir"] == str(run)
+    # One run directory, the chief's; the other worker's copy is gone.
+    assert sorted(os.listdir(run)) == ["backup", "best.keras", "config.json", "logs",
+                                       "metrics.csv", "model.keras", "source_vocab",
+                                       "target_vocab"]
+    epochs, multi = losses(run)
     assert epochs == [0, 1, 2, 3]
-    assert not [name for name in os.listdir(run) if name.startswith("workertemp")]
+    # Killed, resumed, and still the training of one process with batches of 2 x 32:
+    # the same batches, the loss of each half averaged instead of one mean over all
+    # tokens, so close but not equal (measured within 0.15%), before and after the kill.
+    single = tmp_path / "single"
+    train(pairs, single, epochs=4, units=16, embedding_dim=8, batch_size=64, dropout=0.0,
+          seed=3, lr_decay=False, verbose=0)
+    _, one = losses(single)
+    for a, b in zip(multi, one, strict=True):
+        assert abs(a - b) <= 0.01 * b, (multi, one)
