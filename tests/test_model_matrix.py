@@ -229,7 +229,7 @@ def check_matrix(combos, tmp_path, workers):
 
 
 def test_covering_set_exports_and_answers_as_python(tmp_path):
-    check_matrix([combination(values) for values in COVERING_SET], tmp_path, workers=2)
+    check_matrix([combination(values) for values in COVERING_SET], tmp_path, workers=1)
 
 
 @pytest.mark.full_matrix
