@@ -3,8 +3,9 @@
 A combination is one value per factor of `FACTORS`. `run_combination` builds
 it, trains it for a few steps on a tiny task, exports it and records what the
 Python `Translator` answers (greedy and beam); the test then loads every
-export in one fresh process and compares. Run as a module, it is the worker
-the test starts (two at a time, since tracing and export are single-threaded):
+export in fresh processes and compares. Run as a module, it is the worker
+the test starts (one for the covering set, whose pytest-xdist worker shares the
+cores with another; one per core for the full matrix):
 
     python -m tests.model_matrix WORKDIR < combinations.json
 """
