@@ -100,10 +100,10 @@ class ServingOptions:
         metadata=_help("merge concurrent predict requests into batches, one signature call "
                        "each, as TF Serving's --enable_batching"))
     batch_timeout_micros: int = dataclasses.field(
-        default=0,
+        default=5000,
         metadata=_help("microseconds a free batch thread may wait, after a request arrives, "
-                       "for more to fill its batch; with 0 it never waits, and batches form "
-                       "while the threads are busy"))
+                       "for more to fill its batch while another batch runs (a request that "
+                       "finds no batch running starts at once); 0: never wait"))
     max_enqueued_batches: int = dataclasses.field(
         default=10,
         metadata=_help("batches' worth of instances (times --max-batch-size) that may wait; "
@@ -154,8 +154,8 @@ class ServingOptions:
                              f"microseconds; got {self.batch_timeout_micros}")
         if self.batch_timeout_micros >= 1e6 * self.request_timeout:
             raise ValueError(f"batch_timeout_micros ({self.batch_timeout_micros}) must be less "
-                             f"than request_timeout ({self.request_timeout:g} s): a lone "
-                             "request would time out waiting for its batch")
+                             f"than request_timeout ({self.request_timeout:g} s): a request "
+                             "waiting for its batch to fill would time out")
         if not 0 <= self.float_decimals <= 17:
             raise ValueError(f"float_decimals must be from 0 to 17; got {self.float_decimals}")
 

@@ -80,11 +80,11 @@ def test_only_calls_of_one_key_share_a_batch_and_none_runs_alone():
 
 
 @pytest.mark.parametrize("timeout", [0.0, 0.4])
-def test_a_lone_call_is_held_no_longer_than_the_batch_timeout(timeout):
-    """With batch_timeout_micros 0 a lone call starts at once; with 0.4 s, after about
-    0.4 s (a free thread waits that long for company), never much later."""
+def test_a_call_that_finds_no_batch_running_starts_at_once(timeout):
+    """A lone client is never held, whatever the timeout: there is nothing to wait for."""
     model = FakeModel()
-    batcher = Batcher(model, max_batch_size=8, batch_timeout_micros=int(timeout * 1e6))
+    batcher = Batcher(model, max_batch_size=8, batch_timeout_micros=int(timeout * 1e6),
+                      num_batch_threads=2)
 
     async def main():
         sent = time.monotonic()
@@ -92,20 +92,71 @@ def test_a_lone_call_is_held_no_longer_than_the_batch_timeout(timeout):
         return model.started[0] - sent
 
     held = run(main())
-    assert timeout - 0.01 <= held < timeout + 0.3, held
+    assert held < 0.1, held
+
+
+def call_beside_a_running_batch(timeout, release_after=None):
+    """A call sent while another batch runs (held by the gate) on one of two threads.
+
+    Returns `(how long it waited to start, its result)`; the gate opens once it
+    has started, or after `release_after` seconds."""
+    model = FakeModel()
+    model.gate.clear()
+    batcher = Batcher(model, max_batch_size=8, batch_timeout_micros=int(timeout * 1e6),
+                      num_batch_threads=2)
+
+    async def main():
+        first = asyncio.create_task(call(batcher, [0]))
+        await asyncio.sleep(0.05)
+        assert len(model.started) == 1
+        sent = time.monotonic()
+        second = asyncio.create_task(call(batcher, [3]))
+        if release_after is not None:
+            await asyncio.sleep(release_after)
+            model.gate.set()
+        result = await second
+        model.gate.set()
+        await first
+        return model.started[1] - sent, result
+
+    return run(main())
+
+
+def test_a_call_beside_a_running_batch_waits_no_longer_than_the_timeout():
+    """The free thread waits 0.4 s for more calls to join, then runs the call alone
+    while the other batch still runs."""
+    held, result = call_beside_a_running_batch(0.4)
+    assert result == [9]
+    assert 0.39 <= held < 0.7, held
+
+
+def test_a_waiting_call_starts_once_the_running_batch_ends():
+    """A timeout of 10 s, but the running batch ends after 0.2 s: the call starts then."""
+    held, result = call_beside_a_running_batch(10.0, release_after=0.2)
+    assert result == [9]
+    assert 0.19 <= held < 1.0, held
 
 
 def test_a_full_batch_starts_without_waiting_for_the_timeout():
+    """Beside a running batch, two calls fill a batch of 4 rows: it starts at once,
+    not after the 10 s timeout."""
     model = FakeModel()
-    batcher = Batcher(model, max_batch_size=4, batch_timeout_micros=10_000_000)
+    model.gate.clear()
+    batcher = Batcher(model, max_batch_size=4, batch_timeout_micros=10_000_000,
+                      num_batch_threads=2)
 
     async def main():
+        first = asyncio.create_task(call(batcher, [0]))
+        await asyncio.sleep(0.05)
         sent = time.monotonic()
-        await asyncio.gather(call(batcher, [1, 2]), call(batcher, [3, 4]))
-        return model.started[0] - sent
+        results = await asyncio.gather(call(batcher, [1, 2]), call(batcher, [3, 4]))
+        model.gate.set()
+        await first
+        return model.started[1] - sent, results
 
-    assert run(main()) < 3.0
-    assert model.calls == [[[1, 2], [3, 4]]]
+    held, results = run(main())
+    assert held < 3.0 and results == [[1, 4], [9, 16]]
+    assert model.calls == [[[0]], [[1, 2], [3, 4]]]
 
 
 def test_a_call_the_model_rejects_fails_only_itself():

@@ -262,7 +262,7 @@ def test_output_filter_answers_only_the_outputs_asked_for(served):
 
 def test_request_timeout_is_a_504(served, tiny_run):
     _, base, _ = served
-    server = Server(base, request_timeout=0.001)
+    server = Server(base, request_timeout=0.001, batch_timeout_micros=0)
     try:
         status, body = server.request(PREDICT, {"instances": ["hgfedcba"] * 512})
         assert status == 504 and "within 0.001 s (--request-timeout)" in body["error"]
