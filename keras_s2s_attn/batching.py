@@ -38,10 +38,10 @@ class Batcher:
     a lone call is never held. While another batch runs, it waits up to
     `batch_timeout_micros` after the oldest call arrived for the batch to
     fill, and starts it sooner when it is full or the running batches end.
-    (TF Serving holds a lone request for the timeout too. Without the wait,
-    a thread freed under load starts on the one call that came in first, so
-    half the batches hold a single call: on two cores, 64 clients of 1-8
-    words got ~10% fewer answers a second for ~12% more CPU a request.)
+    (TF Serving holds every request for the timeout, a lone one too. Without
+    the wait, a thread freed under load starts on the one call that came in
+    first, so half the batches hold a single call: on two cores, 64 clients
+    of 1-8 words got ~10% fewer answers a second for ~12% more CPU a request.)
 
     If `process` raises on a batch of several calls, each of them is run
     again alone, so that a call it rejects fails alone and the others get
