@@ -5,6 +5,7 @@ The command line builds its flags and defaults from these classes, so that
 """
 
 import dataclasses
+import os
 
 # The models a run directory holds: the best epoch's (by --select-by), after the last
 # epoch, and the mean of the last epochs' weights (`s2s-attn average`); runs.py names
@@ -113,6 +114,11 @@ class ServingOptions:
         metadata=_help("threads running batches (signature calls) at once; about the number "
                        "of cores, as TF Serving's guide advises on CPU (each call uses them "
                        "all)"))
+    tensorflow_intra_op_parallelism: int = dataclasses.field(
+        default=0,
+        metadata=_help("threads one TensorFlow op may use, as TF Serving's flag of that "
+                       "name; 0: the cores shared out among --num-batch-threads (at least one "
+                       "each), where TF Serving's 0 lets every op use all of them"))
     max_connections: int = dataclasses.field(
         default=256,
         metadata=_help("open connections at once; a connection past them is answered 503 "
@@ -158,6 +164,23 @@ class ServingOptions:
                              "waiting for its batch to fill would time out")
         if not 0 <= self.float_decimals <= 17:
             raise ValueError(f"float_decimals must be from 0 to 17; got {self.float_decimals}")
+        if self.tensorflow_intra_op_parallelism < 0:
+            raise ValueError("tensorflow_intra_op_parallelism must be 0 (the cores shared out "
+                             "among the batch threads) or a number of threads; got "
+                             f"{self.tensorflow_intra_op_parallelism}")
+
+    def intra_op_threads(self, cores=None):
+        """The threads a TensorFlow op may use: `tensorflow_intra_op_parallelism`, or with
+        0 the `cores` (default: those this process may run on) over `num_batch_threads`.
+
+        Batches run side by side on the batch threads; each op using every core
+        made them contend for the cores (measured in the README, "Batching")."""
+        if self.tensorflow_intra_op_parallelism:
+            return self.tensorflow_intra_op_parallelism
+        if cores is None:
+            cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                     else os.cpu_count() or 1)
+        return max(1, cores // self.num_batch_threads)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -954,12 +954,36 @@ async def _serve_until_stopped(app, sock, options):
         await runner.cleanup()
 
 
+def _set_intra_op_threads(options):
+    """Sets TensorFlow's threads an op (`options.intra_op_threads()`) before it starts.
+
+    Raises:
+        ValueError: If TensorFlow already runs in this process with another
+            number and `tensorflow_intra_op_parallelism` asked for one; with
+            0 (the default) that is logged and the server goes on.
+    """
+    threads = options.intra_op_threads()
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+    except RuntimeError:  # TensorFlow has run: the number is fixed for the process
+        current = tf.config.threading.get_intra_op_parallelism_threads()
+        message = (f"TensorFlow already runs in this process with {current or 'all'} threads "
+                   f"an op, not {threads}: it is set before TensorFlow first runs")
+        if options.tensorflow_intra_op_parallelism:
+            raise ValueError(f"tensorflow_intra_op_parallelism={threads}: {message}") from None
+        log.warning("%s", message)
+        return
+    log.info("TensorFlow ops use %d thread(s) each, beside %d batch thread(s)", threads,
+             options.num_batch_threads)
+
+
 def serve(base_path, options=ServingOptions()):
     """Runs `s2s-attn serve` until SIGINT or SIGTERM.
 
-    Binds the port first (so a port in use fails at once), then loads and
-    warms up the model, then listens and prints the model's URL with the
-    bound port (`port=0` picks a free one). Logs (access lines, versions,
+    Binds the port first (so a port in use fails at once), sets TensorFlow's
+    threads an op (`options.intra_op_threads()`), then loads and warms up
+    the model, then listens and prints the model's URL with the bound port
+    (`port=0` picks a free one). Logs (access lines, versions,
     refusals) go to the `keras_s2s_attn.serving` loggers.
 
     Args:
@@ -969,9 +993,12 @@ def serve(base_path, options=ServingOptions()):
     Raises:
         OSError: If `host:port` cannot be listened on (in use, no such address).
         FileNotFoundError: If no version under `base_path` loads.
-        ValueError: If the open-files limit cannot fit `max_connections`.
+        ValueError: If the open-files limit cannot fit `max_connections`, or
+            TensorFlow already runs here with other threads an op than an
+            explicit `tensorflow_intra_op_parallelism`.
     """
     _raise_open_files_limit(options.max_connections)
     with _bind(options.host, options.port) as sock:
+        _set_intra_op_threads(options)
         app = make_app(base_path, options)
         asyncio.run(_serve_until_stopped(app, sock, options))

@@ -472,9 +472,34 @@ def test_batching_flags_and_their_checks():
          "batch_timeout_micros (2000000) must be less than request_timeout (2 s)"),
         ({"max_enqueued_batches": 0}, "max_enqueued_batches must be a positive integer; got 0"),
         ({"num_batch_threads": 0}, "num_batch_threads must be a positive integer; got 0"),
+        ({"tensorflow_intra_op_parallelism": -1},
+         "tensorflow_intra_op_parallelism must be 0 (the cores shared out among the batch "
+         "threads) or a number of threads; got -1"),
     ]:
         with pytest.raises(ValueError, match=re.escape(message)):
             ServingOptions(**changes)
+
+
+def test_tensorflow_threads_an_op_are_the_cores_shared_out_among_the_batch_threads(
+        caplog, monkeypatch):
+    from keras_s2s_attn.cli import _parser
+
+    args = _parser().parse_args(["serve", "m", "--tensorflow-intra-op-parallelism", "3"])
+    assert args.tensorflow_intra_op_parallelism == 3
+    assert ServingOptions(tensorflow_intra_op_parallelism=3).intra_op_threads(cores=16) == 3
+    assert [ServingOptions(num_batch_threads=n).intra_op_threads(cores=c)
+            for n, c in [(2, 2), (2, 16), (4, 2), (1, 8), (3, 16)]] == [1, 8, 1, 8, 5]
+    # TensorFlow runs in this process already: an explicit number it cannot take is an
+    # error; the default is logged, and the server goes on.
+    tf.constant(0) + 1  # (TensorFlow starts at its first op)
+    other = tf.config.threading.get_intra_op_parallelism_threads() + 2
+    with pytest.raises(ValueError, match=re.escape(
+            f"tensorflow_intra_op_parallelism={other}: TensorFlow already runs in this "
+            "process with ")):
+        serving._set_intra_op_threads(ServingOptions(tensorflow_intra_op_parallelism=other))
+    monkeypatch.setattr(ServingOptions, "intra_op_threads", lambda self, cores=None: other)
+    serving._set_intra_op_threads(ServingOptions())
+    assert f"threads an op, not {other}: it is set before TensorFlow first runs" in caplog.text
 
 
 def test_new_version_is_picked_up(tiny_run, tmp_path):

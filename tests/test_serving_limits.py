@@ -10,6 +10,7 @@ import time
 import pytest
 
 from keras_s2s_attn import export
+from keras_s2s_attn.options import ServingOptions
 from tests.serving_fixtures import ServeProcess
 
 # The limits the shared server runs with: small, so that the tests are quick.
@@ -48,8 +49,12 @@ def test_serves_on_the_port_it_printed_after_its_warmup(server):
     assert server.stdout_line == (f"Serving {MODEL} version 1 at http://127.0.0.1:{server.port}"
                                   f"/v1/models/{MODEL}\n")
     # One warm-up request per signature: serving_default, beam_search, sample.
+    log = server.new_stderr()
     assert re.search(r"INFO serving limited version 1 \(warmed up with 3 requests from "
-                     r"assets.extra/tf_serving_warmup_requests\)", server.new_stderr())
+                     r"assets.extra/tf_serving_warmup_requests\)", log)
+    # TensorFlow's threads an op, set before it started: the cores over 2 batch threads.
+    threads = ServingOptions().intra_op_threads()
+    assert f"INFO TensorFlow ops use {threads} thread(s) each, beside 2 batch thread(s)\n" in log
     status, body = server.request(PREDICT, {"instances": ["abc", "hgf", "dd"]})
     assert status == 200 and [row["translation"] for row in body["predictions"]] == [
         "CBA", "FGH", "DD"]
