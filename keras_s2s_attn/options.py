@@ -112,8 +112,8 @@ class ServingOptions:
     num_batch_threads: int = dataclasses.field(
         default=2,
         metadata=_help("threads running batches (signature calls) at once; about the number "
-                       "of cores, as TF Serving's guide advises on CPU (each call uses them "
-                       "all)"))
+                       "of cores, as TF Serving's guide advises on CPU (the cores are shared "
+                       "out among their calls: --tensorflow-intra-op-parallelism)"))
     tensorflow_intra_op_parallelism: int = dataclasses.field(
         default=0,
         metadata=_help("threads one TensorFlow op may use, as TF Serving's flag of that "
