@@ -35,9 +35,12 @@ from keras_s2s_attn.special_ids import END_ID, PAD_ID, START_ID
 # A log-probability for impossible tokens and hypotheses: finite, so sums never give NaN.
 NEG_INF = -1e9
 
-# The largest target vocabulary whose tokens' input products a decoder takes as a
-# table, once per `encode` (vocabulary × 3·units values: 0.2 MB for the G2P phones);
-# above it each step multiplies its tokens' embeddings, as the model's graph does.
+# The largest vocabulary whose tokens' input products are taken as a table, once
+# per `encode` (vocabulary × 3·units values: 0.2 MB for the G2P phones): the target
+# side's for the decoder's steps, the source side's for the TensorFlow packed
+# encoder (decoding/packed.py). Above it the tokens' own embeddings are multiplied,
+# as the model's graph does: a table of 32,000 word pieces would cost more than a
+# whole batch's tokens.
 MAX_TABLE_VOCABULARY = 1024
 
 

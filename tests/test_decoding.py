@@ -317,8 +317,23 @@ def test_keras_ops_searches_equal_the_tensorflow_strategies(reversal_model, kwar
 
 
 @pytest.mark.parametrize("cell_type", ["gru", "lstm"])
-@pytest.mark.parametrize("bidirectional, num_layers", [(True, 2), (False, 1)])
-def test_packed_encoder_equals_the_keras_layers(cell_type, bidirectional, num_layers):
+@pytest.mark.parametrize("bidirectional, num_layers, table", [(True, 2, True), (False, 1, True),
+                                                              (True, 1, False)])
+def test_packed_encoder_equals_the_keras_layers(cell_type, bidirectional, num_layers, table,
+                                                monkeypatch):
+    """With a table of the first layer's input products for the whole vocabulary,
+    or (a vocabulary over `MAX_TABLE_VOCABULARY`) without: only the real tokens'
+    embeddings are multiplied, never all 30 ids' (that cost 12x a lone input's
+    decoding with 32,000 word pieces)."""
+    from keras_s2s_attn import generation
+    from keras_s2s_attn.decoding import packed
+
+    if not table:
+        monkeypatch.setattr(generation, "MAX_TABLE_VOCABULARY", 29)
+    rows = []
+    project_inputs = packed.recurrence.project_inputs
+    monkeypatch.setattr(packed.recurrence, "project_inputs", lambda cell, inputs, *args: (
+        rows.append(inputs.shape[0]) or project_inputs(cell, inputs, *args)))
     encoder = Encoder(30, 8, 16, num_layers=num_layers, cell_type=cell_type,
                       bidirectional=bidirectional)
     source_ids = np.random.default_rng(0).integers(1, 30, (5, 9)).astype("int32")
@@ -329,12 +344,14 @@ def test_packed_encoder_equals_the_keras_layers(cell_type, bidirectional, num_la
         weight.assign(np.random.default_rng(1).normal(0, 0.5, weight.shape))
     assert can_pack(encoder)
     memory, summary = encoder(source_ids)
+    rows.clear()  # the Keras layers' own products (batch 5)
     packed_memory, packed_summary = tf.function(
         lambda ids: packed_encode(encoder, ids), autograph=False)(source_ids)
     real = (source_ids != PAD_ID)[..., None]
     np.testing.assert_allclose(packed_memory.numpy() * real, memory.numpy() * real, atol=1e-6)
     assert not np.any(packed_memory.numpy()[~real[..., 0]])  # padding: zeros
     np.testing.assert_allclose(packed_summary.numpy(), summary.numpy(), atol=1e-6)
+    assert rows.count(30) == ((2 if bidirectional else 1) if table else 0)  # a table per cell
 
 
 def test_packed_encoder_leaves_other_cases_to_the_keras_layers():

@@ -7,8 +7,9 @@ lengths run from 2 to 18 that is about twice the work the real tokens need.
 `packed_encode` does what PyTorch's `pack_padded_sequence` does: the rows are
 sorted by length, so at step t the rows still running are a prefix of the
 batch and only they go through the recurrent matrix product; the input
-kernel is applied once, to the real tokens only, before the loop (and the
-first layer's is a lookup in the product of the embedding and the kernel,
+kernel is applied once, to the real tokens only, before the loop (and for
+a vocabulary of at most `generation.MAX_TABLE_VOCABULARY` ids the first
+layer's is a lookup in the product of the embedding and the kernel,
 computed once per call for the whole vocabulary).
 
 It reads the weights of the model's own Keras GRU/LSTM cells and applies
@@ -24,6 +25,7 @@ import keras
 import tensorflow as tf
 
 import keras_s2s_attn.layers.recurrence as recurrence
+from keras_s2s_attn import generation
 from keras_s2s_attn.layers.encoder import Encoder
 from keras_s2s_attn.special_ids import PAD_ID
 
@@ -85,10 +87,9 @@ def _packed(encoder, source_ids, lengths):
     for index, cells in enumerate(_layer_cells(encoder)):
         inputs = [x] + [tf.reverse_sequence(x, lengths, seq_axis=0, batch_axis=1)] * (
             len(cells) - 1)
-        if index == 0:  # embedding, then kernel: one lookup in their product
-            tables = [_embedded_kernel(encoder.embedding, cell) for cell in cells]
-            projected = [tf.gather(table, tf.gather_nd(ids, positions))
-                         for table, ids in zip(tables, inputs)]
+        if index == 0:
+            projected = _first_projections(encoder.embedding, cells,
+                                           [tf.gather_nd(ids, positions) for ids in inputs])
         else:
             projected = [recurrence.project_inputs(cell, tf.gather_nd(x, positions))
                          for cell, x in zip(cells, inputs)]
@@ -99,6 +100,20 @@ def _packed(encoder, source_ids, lengths):
     restore = tf.math.invert_permutation(order)
     memory = tf.gather(tf.transpose(x, (1, 0, 2)), restore)
     return memory, tf.gather(tf.concat(finals, axis=-1), restore)
+
+
+def _first_projections(embedding, cells, tokens):
+    """Per cell, `embedding(tokens) @ kernel + bias` of its packed `tokens`: a
+    lookup in the product of the embedding and the kernel for every id (one
+    product per call, fewer rows than the tokens of a large batch) up to
+    `generation.MAX_TABLE_VOCABULARY` ids, as the decoder's steps do; above it
+    the tokens' own embeddings times the kernel, so that a large vocabulary
+    (32,000 word pieces: 133 ms for one 10-token source at 256 units) costs
+    no more than the batch's tokens."""
+    if embedding.input_dim <= generation.MAX_TABLE_VOCABULARY:
+        return [tf.gather(_embedded_kernel(embedding, cell), ids)
+                for cell, ids in zip(cells, tokens)]
+    return [recurrence.project_inputs(cell, embedding(ids)) for cell, ids in zip(cells, tokens)]
 
 
 def _embedded_kernel(embedding, cell):
