@@ -203,6 +203,8 @@ def _archive(translator, weights_dtype):
     if weights_dtype != "float32":
         stored = StoredWeights(translator.models, weights_dtype)
         archive.track(stored)
+    else:  # smaller weights keep computing the tables: stored, they would cost size
+        archive.track(translator.stepper.keep_tables())
     for name, (function, specs) in _signature_functions(translator, stored).items():
         archive.add_endpoint(name, function, input_signature=specs)
     return archive

@@ -133,12 +133,17 @@ class ModelSteps:
         weights = self.cell.step_weights()
         if weights is None:
             return None
-        vocabulary = self.embedding.input_dim
-        if vocabulary > MAX_TABLE_VOCABULARY:
+        if self.embedding.input_dim > MAX_TABLE_VOCABULARY:
             return {"weights": weights}
-        every_id = ops.arange(vocabulary, dtype="int32")
-        return {"weights": weights,
-                "table": self.cell.project_inputs(self.embedding(every_id), weights)}
+        return {"weights": weights, "table": self.target_table(weights)}
+
+    def target_table(self, weights):
+        """Every target token's share of the first RNN layer's input product:
+        `(vocabulary, gates · units)`, its embedding times the kernel rows it
+        meets (`weights`: the cell's `step_weights()`). Computed from the
+        weights on each call; the TensorFlow `Stepper` can keep it instead."""
+        every_id = ops.arange(self.embedding.input_dim, dtype="int32")
+        return self.cell.project_inputs(self.embedding(every_id), weights)
 
     def constants_for_step(self):
         """The `step_constants()` of the last `encode` (computed now if there was none)."""

@@ -373,6 +373,37 @@ def test_packed_encoder_leaves_other_cases_to_the_keras_layers():
     assert not Stepper(untrained(), dynamic_shapes=False).packed
 
 
+def test_kept_tables_are_read_instead_of_computed(reversal_model, monkeypatch):
+    """`Stepper.keep_tables()` (what a float32 export does): the tables of input
+    products are computed once, then read; the same results, in a graph that
+    multiplies no embedding table by a kernel."""
+    from keras_s2s_attn import generation
+    from keras_s2s_attn.decoding import packed
+
+    model, (inputs, _) = reversal_model
+    sources = tf.constant(np.asarray(inputs["source_ids"][:24], np.int32))
+    computed = Stepper(model)
+    kept = Stepper(model)
+    tables = kept.keep_tables()
+    vocabulary = model.get_layer("target_embedding").input_dim
+    assert tables.target.shape == (vocabulary, 3 * 64) and len(tables.source) == 2
+    np.testing.assert_allclose(tables.target.numpy(), computed.step_constants()["table"],
+                               atol=1e-6)
+    for table, expected in zip(tables.source, packed.first_layer_tables(computed.encoder)):
+        np.testing.assert_allclose(table.numpy(), expected.numpy(), atol=1e-6)
+    expected = GreedySearch().decode(computed, sources, 30)
+
+    def refused(*args):
+        raise AssertionError("a kept table was computed again")
+
+    monkeypatch.setattr(generation.ModelSteps, "target_table", refused)
+    monkeypatch.setattr(packed, "first_layer_tables", refused)
+    result = tf.function(lambda ids: GreedySearch().decode(kept, ids, 30),
+                         autograph=False)(sources)
+    np.testing.assert_array_equal(result.ids.numpy(), expected.ids.numpy())
+    np.testing.assert_allclose(result.scores.numpy(), expected.scores.numpy(), atol=1e-5)
+
+
 @pytest.mark.parametrize("strategy", [GreedySearch(), BeamSearch(beam_width=3, num_results=3)])
 def test_finished_inputs_leave_the_batch_with_the_same_results(reversal_model, strategy):
     model, (inputs, _) = reversal_model

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_s2s_attn import export, quantization, saved_models
+from keras_s2s_attn import export, models, quantization, saved_models
 from keras_s2s_attn.runs import load_run
 from keras_s2s_attn.text import make_tokenizer
 from keras_s2s_attn.translation import OUTPUT_NAMES, Translator
@@ -120,16 +120,37 @@ def test_layout_assets_and_warmup_requests(exported, tiny_run):
     assert info["signatures"]["sample"]["inputs"]["seed"] == 5
 
 
+def exported_floats(model):
+    """Sizes of the float variables a float32 export of `model` holds: each weight
+    once, and the tables of input products it keeps (`Stepper.keep_tables`: the
+    decoder's first cell's for every target id, each first-layer encoder cell's
+    for every source id), less the target embedding, whose every use is now the
+    table (the encoder's stays: rows with gaps are encoded by the Keras layers)."""
+    encoder, cell = model.get_layer(models.ENCODER), model.get_layer(models.DECODER).cell
+    rnn = encoder.rnns[0]
+    first = ([rnn.forward_layer.cell, rnn.backward_layer.cell]
+             if isinstance(rnn, keras.layers.Bidirectional) else [rnn.cell])
+    target_embedding = model.get_layer(models.TARGET_EMBEDDING)
+    tables = ([target_embedding.input_dim * cell.cells[0].kernel.shape[1]]
+              + [encoder.embedding.input_dim * first_cell.kernel.shape[1] for first_cell in first])
+    weights = [int(np.prod(w.shape)) for w in model.weights
+               if w is not target_embedding.embeddings]
+    assert len(weights) == len(model.weights) - 1 and len(tables) == 1 + len(first)
+    return sorted(weights + tables)
+
+
 def test_each_weight_is_saved_once(exported, tiny_run):
-    """The SavedModel holds the model's weights once, not a second copy per variable."""
+    """The SavedModel holds the model's weights once, not a second copy per
+    variable, and the tables of input products it reads instead of computing
+    them on every call (`exported_floats`)."""
     _, path = exported
     reader = tf.train.load_checkpoint(os.path.join(path, "variables", "variables"))
     saved = reader.get_variable_to_shape_map()
     floats = {key: shape for key, shape in saved.items()
               if reader.get_variable_to_dtype_map()[key].is_floating}
     model, _, _, _ = load_run(tiny_run)
-    assert sorted(int(np.prod(shape)) for shape in floats.values()) == sorted(
-        int(np.prod(w.shape)) for w in model.weights)
+    assert len(floats) == len(model.weights) + 2  # a bidirectional encoder: 3 tables
+    assert sorted(int(np.prod(shape)) for shape in floats.values()) == exported_floats(model)
 
 
 def test_int4_packing_round_trips_through_the_graph():
@@ -453,13 +474,13 @@ def test_ensemble_export_equals_python_ensemble(tiny_run, tmp_path, capsys):
     for member in (tiny_run, other):
         assert not np.allclose(Translator.from_run(member)(TEXTS)["score"], ensemble_scores,
                                atol=1e-3)
-    # Both members' weights are in the SavedModel, once each.
+    # Both members' weights (and tables, `exported_floats`) are in the SavedModel, once each.
     reader = tf.train.load_checkpoint(os.path.join(path, "variables", "variables"))
     dtypes = reader.get_variable_to_dtype_map()
     saved = sum(int(np.prod(shape)) for key, shape in reader.get_variable_to_shape_map().items()
                 if dtypes[key].is_floating)
     model, _, _, _ = load_run(tiny_run)
-    assert saved == 2 * model.count_params()
+    assert saved == 2 * sum(exported_floats(model))
 
 
 def test_ensemble_refuses_runs_with_other_tokenizers(tiny_run, tmp_path):

@@ -49,7 +49,7 @@ def _layer_cells(encoder):
             for rnn in encoder.rnns]
 
 
-def packed_encode(encoder, source_ids):
+def packed_encode(encoder, source_ids, tables=None):
     """`encoder(source_ids, training=False)` over the real tokens only.
 
     Rows must be padded at the end (PAD after the last token only), as the
@@ -59,6 +59,8 @@ def packed_encode(encoder, source_ids):
     Args:
         encoder: An `Encoder` for which `can_pack` is true.
         source_ids: Int32 `(batch, S)`, 0 for padding.
+        tables: None, or `first_layer_tables(encoder)` computed before (the
+            weights have not changed since); by default computed here.
 
     Returns:
         `(memory, summary)`: float32 `(batch, S, memory_dim)` (zeros at padded
@@ -71,11 +73,11 @@ def packed_encode(encoder, source_ids):
     padded_at_end = tf.reduce_all(
         tf.equal(mask, tf.sequence_mask(lengths, tf.shape(source_ids)[1])))
     return tf.cond(padded_at_end,
-                   lambda: _packed(encoder, source_ids, lengths),
+                   lambda: _packed(encoder, source_ids, lengths, tables),
                    lambda: tuple(encoder(source_ids, training=False)))
 
 
-def _packed(encoder, source_ids, lengths):
+def _packed(encoder, source_ids, lengths, tables):
     """`packed_encode` for rows padded at the end."""
     # Longest first, so the rows still running at any step are a prefix.
     order = tf.argsort(lengths, direction="DESCENDING", stable=True)
@@ -88,8 +90,8 @@ def _packed(encoder, source_ids, lengths):
         inputs = [x] + [tf.reverse_sequence(x, lengths, seq_axis=0, batch_axis=1)] * (
             len(cells) - 1)
         if index == 0:
-            projected = _first_projections(encoder.embedding, cells,
-                                           [tf.gather_nd(ids, positions) for ids in inputs])
+            projected = _first_projections(
+                encoder, [tf.gather_nd(ids, positions) for ids in inputs], tables)
         else:
             projected = [recurrence.project_inputs(cell, tf.gather_nd(x, positions))
                          for cell, x in zip(cells, inputs)]
@@ -102,23 +104,30 @@ def _packed(encoder, source_ids, lengths):
     return memory, tf.gather(tf.concat(finals, axis=-1), restore)
 
 
-def _first_projections(embedding, cells, tokens):
-    """Per cell, `embedding(tokens) @ kernel + bias` of its packed `tokens`: a
-    lookup in the product of the embedding and the kernel for every id (one
-    product per call, fewer rows than the tokens of a large batch) up to
-    `generation.MAX_TABLE_VOCABULARY` ids, as the decoder's steps do; above it
-    the tokens' own embeddings times the kernel, so that a large vocabulary
-    (32,000 word pieces: 133 ms for one 10-token source at 256 units) costs
-    no more than the batch's tokens."""
-    if embedding.input_dim <= generation.MAX_TABLE_VOCABULARY:
-        return [tf.gather(_embedded_kernel(embedding, cell), ids)
-                for cell, ids in zip(cells, tokens)]
-    return [recurrence.project_inputs(cell, embedding(ids)) for cell, ids in zip(cells, tokens)]
+def first_layer_tables(encoder):
+    """Per cell of the first RNN layer, `embedding(ids) @ kernel + bias` for
+    every id: `(vocab, gates · units)` tables, in which the packed encoder
+    looks its tokens up (one product per call, fewer rows than the tokens of
+    a large batch); `[]` above `generation.MAX_TABLE_VOCABULARY` ids, where
+    it multiplies the tokens' own embeddings instead, so that a large
+    vocabulary (32,000 word pieces: 133 ms for one 10-token source at 256
+    units) costs no more than the batch's tokens."""
+    if encoder.embedding.input_dim > generation.MAX_TABLE_VOCABULARY:
+        return []
+    return [recurrence.project_inputs(cell, encoder.embedding.embeddings)
+            for cell in _layer_cells(encoder)[0]]
 
 
-def _embedded_kernel(embedding, cell):
-    """`embedding(ids) @ kernel + bias` for every id: a `(vocab, gates * units)` table."""
-    return recurrence.project_inputs(cell, embedding.embeddings)
+def _first_projections(encoder, tokens, tables):
+    """The first layer's input products of each of its cells' packed `tokens`:
+    looked up in `tables` (`first_layer_tables(encoder)` when None) or, where
+    there are none, the tokens' embeddings times the kernels."""
+    if tables is None:
+        tables = first_layer_tables(encoder)
+    if tables:
+        return [tf.gather(table, ids) for table, ids in zip(tables, tokens)]
+    return [recurrence.project_inputs(cell, encoder.embedding(ids))
+            for cell, ids in zip(_layer_cells(encoder)[0], tokens)]
 
 
 def _run_cells(cells, projected, running, shape):
