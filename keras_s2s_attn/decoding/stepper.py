@@ -58,12 +58,19 @@ class Stepper(ModelSteps):
         For weights that no longer change, as in a float32 export: computing
         the tables took 6-8% of a lone word's greedy decoding (the model of
         `benchmarks/vs_pytorch.py`). A change of the model's weights after
-        this call does not reach the tables.
+        this call does not reach the tables. A model computing in another
+        dtype than float32 (`mixed_bfloat16`) keeps none: its products round
+        differently in each kernel, so a table made now would not give what
+        the model computes in its graph (attention off by up to 0.007).
 
         Returns:
-            The `tf.Module` holding the variables, for a SavedModel to track.
+            The `tf.Module` holding the variables (none if nothing is kept),
+            for a SavedModel to track.
         """
         kept, self._kept = tf.Module(), None
+        kept.target, kept.source = None, []
+        if self.cell.compute_dtype != "float32":
+            return kept
         with tf.init_scope():
             table = (self.step_constants() or {}).get("table")
             kept.target = None if table is None else tf.Variable(table, trainable=False)
