@@ -80,6 +80,7 @@ class Stepper(ModelSteps):
         return kept
 
     def target_table(self, weights):
+        """The kept table after `keep_tables()`, else `ModelSteps.target_table`."""
         if self._kept is not None and self._kept.target is not None:
             return tf.convert_to_tensor(self._kept.target)
         return super().target_table(weights)
