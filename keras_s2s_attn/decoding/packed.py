@@ -10,7 +10,8 @@ batch and only they go through the recurrent matrix product; the input
 kernel is applied once, to the real tokens only, before the loop (and for
 a vocabulary of at most `generation.MAX_TABLE_VOCABULARY` ids the first
 layer's is a lookup in the product of the embedding and the kernel,
-computed once per call for the whole vocabulary).
+computed for the whole vocabulary once per call, or once for good by
+`Stepper.keep_tables`).
 
 It reads the weights of the model's own Keras GRU/LSTM cells and applies
 the cells' equations (`layers.recurrence`, which the layer's training path
