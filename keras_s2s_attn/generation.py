@@ -62,6 +62,13 @@ class ModelSteps:
             `.keras` file).
         start_id: The first decoder input.
         end_id: The id that ends a sequence.
+        memory_gates: Whether a step weighs the cell's `memory_gates`
+            (Bahdanau; `AttentionDecoderCell.memory_gates`), taken in `encode`,
+            instead of multiplying its context by the kernel. Faster where a
+            step's time goes to reading weights, slower where its products
+            are cheap: for a 256-unit G2P model under XLA, 19% less time a
+            word greedy and 10% less in beam search at batch 1; 4% and 10%
+            more at batch 256. The TensorFlow `Stepper` turns it on under XLA.
 
     Example:
 
@@ -70,7 +77,8 @@ class ModelSteps:
     >>> log_probs, weights, states = steps.step(np.array([START_ID]), states, memory, 0)
     """
 
-    def __init__(self, model, start_id=START_ID, end_id=END_ID):
+    def __init__(self, model, start_id=START_ID, end_id=END_ID, memory_gates=False):
+        self.memory_gates = bool(memory_gates)
         self.encoder = model.get_layer(models.ENCODER)
         self.bridge = model.get_layer(models.BRIDGE)
         self.embedding = model.get_layer(models.TARGET_EMBEDDING)
@@ -93,7 +101,8 @@ class ModelSteps:
         """Runs the encoder once.
 
         It also takes the decoder's `step_constants()`, once for the steps
-        that follow (kept on this object until the next `encode`).
+        that follow (kept on this object until the next `encode`), and with
+        `memory_gates=True` the cell's `memory_gates` where it has them.
 
         Args:
             source_ids: Int32 `(batch, S)`, 0 for padding.
@@ -109,7 +118,11 @@ class ModelSteps:
         states = self.cell.get_initial_state(ops.shape(source_ids)[0], self.bridge(summary))
         prepared = self.cell.prepare_memory(memory)
         self._constants = self.step_constants()
-        return (memory, mask) + (() if prepared is None else (prepared,)), states
+        gates = None if self._constants is None or not self.memory_gates else (
+            self.cell.memory_gates(memory, self._constants["weights"]))
+        # (encoder states, mask[, prepared attention memory[, memory gates]])
+        extra = tuple(part for part in (prepared, gates) if part is not None)
+        return (memory, mask) + extra, states
 
     def run_encoder(self, source_ids):
         """The encoder's `(memory, summary)` for `source_ids` (inference mode).
@@ -167,6 +180,7 @@ class ModelSteps:
         """
         encoded, mask = memory[0], memory[1]
         prepared = memory[2] if len(memory) > 2 else None
+        gates = memory[3] if len(memory) > 3 else None
         constants = self.constants_for_step()
         if constants is None:
             inputs, fused = self.embedding(tokens), {}
@@ -175,7 +189,8 @@ class ModelSteps:
                 inputs = ops.take(constants["table"], tokens, axis=0)
             else:
                 inputs = self.cell.project_inputs(self.embedding(tokens), constants["weights"])
-            fused = {"step_weights": constants["weights"], "projected": True}
+            fused = {"step_weights": constants["weights"], "projected": True,
+                     "memory_gates": gates}
         (output, weights), states = self.cell(
             inputs, states, encoded, memory_mask=mask,
             prepared_memory=prepared, step=t, training=False, **fused,

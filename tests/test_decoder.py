@@ -139,6 +139,113 @@ def test_decoder_config_round_trip_gives_same_outputs(style):
     assert clone.get_config() == decoder.get_config()
 
 
+
+def with_nan_context_rows(step_weights):
+    """`step_weights` whose first layer's context rows are NaN: a step that
+    multiplies its context by them answers NaN."""
+    layers = [dict(layer) for layer in step_weights["layers"]]
+    layers[0]["rest"] = keras.ops.full_like(layers[0]["rest"], float("nan"))
+    return {"layers": layers}
+
+
+@pytest.mark.parametrize("cell_type", ["gru", "lstm"])
+@pytest.mark.parametrize("score", sorted(SCORE_KWARGS))
+def test_memory_gates_step_equals_the_context_product(score, cell_type):
+    """Σ_s a_ts (m_s W_c) for c_t W_c: the same step without the context's product."""
+    inputs, memory, mask = make_data(6)
+    decoder = make_decoder(score, "bahdanau", cell_type, num_layers=2)
+    decoder.build(inputs.shape, memory.shape)
+    cell = decoder.cell
+    weights = cell.step_weights()
+    gates = cell.memory_gates(memory, weights)
+    assert tuple(gates.shape) == (B, S, (3 if cell_type == "gru" else 4) * UNITS)
+    np.testing.assert_allclose(to_numpy(gates), memory @ to_numpy(weights["layers"][0]["rest"]),
+                               rtol=1e-5, atol=1e-5)
+    prepared = cell.prepare_memory(memory)
+    states = want_states = cell.get_initial_state(B)
+    blind = with_nan_context_rows(weights)
+    for t in range(T):
+        projected = cell.project_inputs(inputs[:, t], weights)
+        common = dict(memory_mask=mask, prepared_memory=prepared, step=t, projected=True)
+        (output, w), states = cell(projected, states, memory, step_weights=blind,
+                                   memory_gates=gates, **common)
+        (want, want_w), want_states = cell(projected, want_states, memory,
+                                           step_weights=weights, **common)
+        np.testing.assert_allclose(to_numpy(output), to_numpy(want), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(to_numpy(w), to_numpy(want_w), atol=1e-6)
+    for got, want in zip(states, want_states):
+        np.testing.assert_allclose(to_numpy(got), to_numpy(want), rtol=1e-5, atol=1e-5)
+
+
+class OwnContext(AttentionDecoderCell):
+    """A cell whose context is not the attention's weighted sum of the memory."""
+
+    def attend(self, query, memory, memory_mask=None, prepared_memory=None, step=None,
+               training=None):
+        context, weights = super().attend(query, memory, memory_mask, prepared_memory, step,
+                                          training)
+        return 2.0 * context, weights
+
+
+def test_memory_gates_only_where_the_context_is_the_weighted_memory():
+    _, memory, _ = make_data(7)
+
+    def gates_of(cell_class=AttentionDecoderCell, style="bahdanau", attention="additive",
+                 **options):
+        attention = None if attention is None else BahdanauLuongAttention(score=attention)
+        cell = cell_class(UNITS, attention, style=style, **options)
+        cell.build((None, EMBED), memory.shape)
+        return cell.memory_gates(memory, cell.step_weights())
+
+    assert gates_of() is not None
+    assert gates_of(style="luong") is None  # the context comes after the RNN
+    assert gates_of(attention=None) is None
+    assert gates_of(OwnContext) is None
+    assert gates_of(cell_type=keras.layers.SimpleRNNCell(UNITS)) is None  # no step weights
+    assert gates_of(dtype="mixed_bfloat16") is None  # 16-bit products round otherwise
+
+
+def test_memory_gates_refused_without_projected_inputs_or_with_attention_dropout():
+    inputs, memory, mask = make_data(8)
+    cell = AttentionDecoderCell(UNITS, BahdanauLuongAttention(dropout=0.5))
+    cell.build((None, EMBED), memory.shape)
+    weights = cell.step_weights()
+    gates = cell.memory_gates(memory, weights)
+    states = cell.get_initial_state(B)
+    with pytest.raises(ValueError, match="`memory_gates` needs `projected=True`"):
+        cell(inputs[:, 0], states, memory, step_weights=weights, memory_gates=gates)
+    projected = cell.project_inputs(inputs[:, 0], weights)
+    with pytest.raises(ValueError, match="dropout"):
+        cell(projected, states, memory, step_weights=weights, projected=True,
+             memory_gates=gates, training=True)
+    cell(projected, states, memory, step_weights=weights, projected=True, memory_gates=gates)
+
+
+def test_model_steps_weigh_the_memory_gates():
+    """`ModelSteps` (the decoders of every backend and the export) takes the gates
+    once in `encode`, and its steps answer as the trained model does without the
+    context's product."""
+    from keras_s2s_attn import build_seq2seq_model
+    from keras_s2s_attn.generation import ModelSteps
+    from keras_s2s_attn.special_ids import START_ID
+
+    model = build_seq2seq_model(12, 12, embedding_dim=8, units=16)
+    rng = np.random.default_rng(9)
+    source = rng.integers(3, 12, (B, S)).astype("int32")
+    source[1, 3:] = 0
+    target = np.concatenate([np.full((B, 1), START_ID), rng.integers(3, 12, (B, 2))], 1)
+    logits = to_numpy(model({"source_ids": source, "target_ids": target.astype("int32")}))
+    assert len(ModelSteps(model).encode(source)[0]) == 3  # not by default
+    steps = ModelSteps(model, memory_gates=True)
+    memory, states = steps.encode(source)
+    assert len(memory) == 4  # states, mask, the prepared attention memory, the gates
+    steps._constants["weights"] = with_nan_context_rows(steps._constants["weights"])
+    for t in range(target.shape[1]):
+        log_probs, _, states = steps.step(target[:, t].astype("int32"), states, memory, t)
+        want = to_numpy(keras.ops.log_softmax(logits[:, t]))
+        np.testing.assert_allclose(to_numpy(log_probs)[:, 3:], want[:, 3:], atol=1e-4)
+
+
 @pytest.mark.parametrize(
     "kwargs, words",
     [

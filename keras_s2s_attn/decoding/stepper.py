@@ -42,10 +42,13 @@ class Stepper(ModelSteps):
             results, much less work on batches of mixed lengths. A subclass
             whose `step` reads per-row tensors of its own must carry them in
             `memory` or `states`, which the search shrinks with the batch.
+            If not (XLA's fixed shapes), a step weighs the memory's share of
+            its input product (`ModelSteps`' `memory_gates`), which pays at
+            the small batches one compiles for latency.
     """
 
     def __init__(self, model, start_id=START_ID, end_id=END_ID, dynamic_shapes=True):
-        super().__init__(model, start_id, end_id)
+        super().__init__(model, start_id, end_id, memory_gates=not dynamic_shapes)
         self.dynamic_shapes = bool(dynamic_shapes)
         self.packed = self.dynamic_shapes and can_pack(self.encoder)
         self._kept = None

@@ -52,6 +52,9 @@ class AttentionDecoderCell(keras.layers.Layer):
     then multiplies only the context (Bahdanau) or the input-feeding vector
     (Luong) by the kernel, and a sequence's target inputs go through one
     matrix product instead of one per step. `AttentionDecoder` does this.
+    A decoder that steps many times over one memory can take the context's
+    product on the memory side too, once per source (`memory_gates`); the
+    decoders of `generation` and the export do.
     It applies to Keras' `GRUCell` and `LSTMCell` (see
     `layers.recurrence.fusable`); with other cells `step_weights()` is None
     and each step runs the cells as they are.
@@ -89,6 +92,10 @@ class AttentionDecoderCell(keras.layers.Layer):
         step_weights: None, or `step_weights()` taken before the step loop.
         projected: Whether `inputs` are `project_inputs(...)` (needs
             `step_weights`).
+        memory_gates: None, or `memory_gates(memory, step_weights)`, taken
+            once per source (needs `projected=True`): a Bahdanau step then
+            weighs its rows by the attention weights instead of multiplying
+            the context by the kernel. For inference.
 
     Returns:
         `((output, attention_weights), new_states)`: output `(batch,
@@ -348,6 +355,37 @@ class AttentionDecoderCell(keras.layers.Layer):
         return recurrence.project_inputs(self.cells[0], inputs,
                                          step_weights["layers"][0]["target"])
 
+    def memory_gates(self, memory, step_weights):
+        """The memory's share of the first RNN layer's input product, for inference.
+
+        A Bahdanau step multiplies its context c_t = Σ_s a_ts m_s by the kernel
+        rows W_c that meet it; that equals Σ_s a_ts (m_s W_c), the attention
+        weights applied to this product of the memory. Taken once per source,
+        it saves each step the product by W_c (the largest weight of a step)
+        for a weighted sum over S rows: at batch 1 a step of the model of
+        `benchmarks/vs_pytorch.py` then reads less than half the weights it
+        did. Training keeps the context's product: there the weighted sum's
+        gradient costs what the product saves, and the attention's dropout
+        weighs the context with other weights.
+
+        Args:
+            memory: `(batch, S, memory_dim)` encoder states.
+            step_weights: `step_weights()`, or None.
+
+        Returns:
+            `(batch, S, gates)`, what `call` takes as `memory_gates`; None where
+            the identity does not hold or is not computed here: Luong style, no
+            attention, no `step_weights`, a subclass's own `attend` or
+            attention `call`, or a compute dtype other than float32 (16-bit
+            products would round otherwise than the trained model's).
+        """
+        if (step_weights is None or self.attention is None or self.style != "bahdanau"
+                or self.compute_dtype != "float32"
+                or type(self).attend is not AttentionDecoderCell.attend
+                or type(self.attention).call is not BahdanauLuongAttention.call):
+            return None
+        return ops.matmul(memory, step_weights["layers"][0]["rest"])
+
     def rnn_step(self, inputs, rnn_states, training=None, dropout_masks=None,
                  step_weights=None, projected=None):
         """Runs the stacked RNN one step.
@@ -431,13 +469,19 @@ class AttentionDecoderCell(keras.layers.Layer):
 
     # ------------------------------------------------------------------- call
     def call(self, inputs, states, memory=None, memory_mask=None, prepared_memory=None,
-             step=None, training=None, dropout_masks=None, step_weights=None, projected=False):
+             step=None, training=None, dropout_masks=None, step_weights=None, projected=False,
+             memory_gates=None):
         rnn_states, feed = self.split_states(states)
         output_mask = None if dropout_masks is None else dropout_masks["output"]
         # With `projected`, the RNN takes the target input's projection and the
         # rest of its input apart; else the whole input, joined.
         if projected and step_weights is None:
             raise ValueError("`projected=True` needs the `step_weights()` of this cell.")
+        if memory_gates is not None and not projected:
+            raise ValueError("`memory_gates` needs `projected=True` inputs.")
+        if memory_gates is not None and training and self.attention.dropout:
+            raise ValueError("`memory_gates` is for inference: the attention's dropout "
+                             "weighs the context with other weights in training.")
         rnn_kwargs = {"training": training, "dropout_masks": dropout_masks,
                       "step_weights": step_weights, "projected": inputs if projected else None}
 
@@ -456,7 +500,15 @@ class AttentionDecoderCell(keras.layers.Layer):
             context, weights = self.attend(
                 query, memory, memory_mask, prepared_memory, step, training
             )
-            top, new_states = self.rnn_step(rnn_input(context), rnn_states, **rnn_kwargs)
+            if memory_gates is None:
+                top, new_states = self.rnn_step(rnn_input(context), rnn_states, **rnn_kwargs)
+            else:
+                # Σ_s a_ts (m_s W_c) for c_t W_c (`memory_gates`), as a product and
+                # a sum, which XLA fuses into one loop (a batched (1 × S) matrix
+                # product took 4% longer at batch 256 there).
+                weighed = ops.sum(ops.expand_dims(weights, -1) * memory_gates, axis=1)
+                rnn_kwargs["projected"] = inputs + weighed
+                top, new_states = self.rnn_step(None, rnn_states, **rnn_kwargs)
             output = self.combine(top, context, training=training)
         else:
             top, new_states = self.rnn_step(
