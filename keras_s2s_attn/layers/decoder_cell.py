@@ -53,8 +53,8 @@ class AttentionDecoderCell(keras.layers.Layer):
     (Luong) by the kernel, and a sequence's target inputs go through one
     matrix product instead of one per step. `AttentionDecoder` does this.
     A decoder that steps many times over one memory can take the context's
-    product on the memory side too, once per source (`memory_gates`); the
-    decoders of `generation` and the export do.
+    product on the memory side too, once per source (`memory_gates`), as the
+    XLA decoders do (`generation.ModelSteps(memory_gates=True)`).
     It applies to Keras' `GRUCell` and `LSTMCell` (see
     `layers.recurrence.fusable`); with other cells `step_weights()` is None
     and each step runs the cells as they are.
