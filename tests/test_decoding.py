@@ -372,8 +372,28 @@ def test_packed_encoder_leaves_other_cases_to_the_keras_layers():
             return super().run_rnn(rnn, inputs, mask, training=training)
 
     assert not can_pack(OwnCall(30, 8, 16)) and not can_pack(OwnRun(30, 8, 16))
+    OwnRun(30, 8, 16)(holes)  # a `run_rnn` without `projected` still runs
     assert not can_pack(Encoder(30, 8, 16, dtype="mixed_bfloat16"))
     assert not Stepper(untrained(), dynamic_shapes=False).packed
+
+
+@pytest.mark.parametrize("cell_type", ["gru", "lstm"])
+def test_encoder_from_first_layer_products_equals_the_keras_layers(cell_type):
+    """The fixed-shape (XLA) encoder of a kept table starts from its rows."""
+    from keras_s2s_attn.decoding import packed
+
+    encoder = Encoder(30, 8, 16, num_layers=2, cell_type=cell_type)
+    source_ids = np.random.default_rng(2).integers(1, 30, (4, 7)).astype("int32")
+    source_ids[1, 3:] = source_ids[2, 1:] = PAD_ID
+    encoder(source_ids)
+    for weight in encoder.weights:
+        weight.assign(np.random.default_rng(3).normal(0, 0.5, weight.shape))
+    products = [tf.gather(table, source_ids) for table in packed.first_layer_tables(encoder)]
+    got = encoder(source_ids, first_layer_products=products)
+    for value, want in zip(got, encoder(source_ids)):
+        np.testing.assert_allclose(value.numpy(), want.numpy(), atol=1e-6)
+    with pytest.raises(ValueError, match="`first_layer_products` is for inference"):
+        encoder(source_ids, training=True, first_layer_products=products)
 
 
 def test_kept_tables_are_read_instead_of_computed(reversal_model, monkeypatch):
@@ -399,12 +419,23 @@ def test_kept_tables_are_read_instead_of_computed(reversal_model, monkeypatch):
     def refused(*args):
         raise AssertionError("a kept table was computed again")
 
+    fixed = Stepper(model, dynamic_shapes=False)  # XLA's: no packing, the same tables
+    assert len(fixed.keep_tables().source) == 2
+
     monkeypatch.setattr(generation.ModelSteps, "target_table", refused)
     monkeypatch.setattr(packed, "first_layer_tables", refused)
-    result = tf.function(lambda ids: GreedySearch().decode(kept, ids, 30),
-                         autograph=False)(sources)
-    np.testing.assert_array_equal(result.ids.numpy(), expected.ids.numpy())
-    np.testing.assert_allclose(result.scores.numpy(), expected.scores.numpy(), atol=1e-5)
+
+    def check(stepper):
+        result = tf.function(lambda ids: GreedySearch().decode(stepper, ids, 30),
+                             autograph=False)(sources)
+        np.testing.assert_array_equal(result.ids.numpy(), expected.ids.numpy())
+        np.testing.assert_allclose(result.scores.numpy(), expected.scores.numpy(), atol=1e-5)
+
+    check(kept)
+    # The fixed-shape encoder reads no embedding at all (the packed one's graph keeps
+    # the Keras layers for rows with gaps): every token's product is a table's row.
+    monkeypatch.setattr(keras.layers.Embedding, "call", refused)
+    check(fixed)
     # bfloat16 products round differently in each kernel: such a model keeps none (the
     # export then answers as its graph does; tests/test_training_recipes.py).
     mixed = Stepper(untrained(dtype="mixed_bfloat16")).keep_tables()

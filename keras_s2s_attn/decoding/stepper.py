@@ -55,8 +55,11 @@ class Stepper(ModelSteps):
 
     def keep_tables(self):
         """Computes the tables of input products that every call would compute
-        from the weights alone (`target_table`, the packed encoder's
+        from the weights alone (`target_table`, the encoder's
         `first_layer_tables`) once, now, as variables that later calls read.
+        The packed encoder looks its tokens up in the latter (otherwise made
+        on each call); so does the fixed-shape encoder of XLA (otherwise
+        multiplying its tokens' embeddings).
 
         For weights that no longer change, as in a float32 export: computing
         the tables took 6-8% of a lone word's greedy decoding (the model of
@@ -77,8 +80,8 @@ class Stepper(ModelSteps):
         with tf.init_scope():
             table = (self.step_constants() or {}).get("table")
             kept.target = None if table is None else tf.Variable(table, trainable=False)
-            kept.source = [tf.Variable(t, trainable=False)
-                           for t in (first_layer_tables(self.encoder) if self.packed else [])]
+            kept.source = [tf.Variable(t, trainable=False) for t in (
+                first_layer_tables(self.encoder) if can_pack(self.encoder) else [])]
         self._kept = kept
         return kept
 
@@ -89,10 +92,13 @@ class Stepper(ModelSteps):
         return super().target_table(weights)
 
     def run_encoder(self, source_ids):
+        tables = None if self._kept is None else [
+            tf.convert_to_tensor(table) for table in self._kept.source]
         if self.packed:
-            tables = None if self._kept is None else [
-                tf.convert_to_tensor(table) for table in self._kept.source]
             return packed_encode(self.encoder, source_ids, tables)
+        if tables:  # fixed shapes (XLA): the Keras layers, from the kept tables' rows
+            products = [tf.gather(table, source_ids) for table in tables]
+            return self.encoder(source_ids, training=False, first_layer_products=products)
         return super().run_encoder(source_ids)
 
     def constants_for_step(self):

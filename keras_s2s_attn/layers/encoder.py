@@ -39,6 +39,11 @@ class Encoder(keras.layers.Layer):
     Call arguments:
         source_ids: Int `(batch, S)`, 0 for padding.
         training: Python boolean.
+        first_layer_products: None, or for inference, per direction of the
+            first RNN layer (forward, backward) its input product of these
+            ids, `(batch, S, gates)`, already taken (e.g. looked up in a table
+            of every id's, as the XLA decoders of an export do): the layer then
+            starts from them instead of the embeddings.
 
     Returns:
         `(memory, summary)`: memory `(batch, S, memory_dim)` with a Keras
@@ -98,20 +103,29 @@ class Encoder(keras.layers.Layer):
             rnn.build(shape)
             shape = shape[:-1] + (self.memory_dim,)
 
-    def call(self, source_ids, training=None):
+    def call(self, source_ids, training=None, first_layer_products=None):
         mask = ops.not_equal(source_ids, 0)
-        x = self.dropout_layer(self.embedding(source_ids), training=training)
+        if first_layer_products is None:
+            x = self.dropout_layer(self.embedding(source_ids), training=training)
+        elif training:
+            raise ValueError("`first_layer_products` is for inference: training drops "
+                             "out embeddings, not products.")
+        else:
+            x = None
         for index, rnn in enumerate(self.rnns):
             if index > 0:
                 x = self.dropout_layer(x, training=training)
-            x, *states = self.run_rnn(rnn, x, mask, training=training)
+            # Passed only when given: a subclass's `run_rnn` may predate `projected`.
+            given = {} if index or first_layer_products is None else {
+                "projected": first_layer_products}
+            x, *states = self.run_rnn(rnn, x, mask, training=training, **given)
         # GRU: [h] per direction; LSTM: [h, c] per direction. The summary takes
         # the hidden state h of each direction.
         per_direction = len(states) // (2 if self.bidirectional else 1)
         summary = ops.concatenate(states[::per_direction], axis=-1)
         return x, summary
 
-    def run_rnn(self, rnn, inputs, mask, training=None):
+    def run_rnn(self, rnn, inputs, mask, training=None, projected=None):
         """Runs one RNN layer of the stack: what `rnn(inputs, mask=mask)` returns.
 
         Args:
@@ -120,6 +134,10 @@ class Encoder(keras.layers.Layer):
             inputs: `(batch, S, dim)`.
             mask: Boolean `(batch, S)`.
             training: Python boolean.
+            projected: None, or per direction the input product of `inputs`
+                (`layers.recurrence.project_inputs`), already taken; `inputs`
+                is then not read (and may be None). Needs Keras GRU or LSTM
+                cells (`recurrence.fusable`).
 
         Returns:
             `[outputs, *states]`: `(batch, S, width)` outputs, then the final
@@ -127,14 +145,18 @@ class Encoder(keras.layers.Layer):
         """
         directions = ([(rnn.forward_layer, False), (rnn.backward_layer, True)]
                       if isinstance(rnn, keras.layers.Bidirectional) else [(rnn, False)])
-        if cudnn_available() or not all(recurrence.fusable(layer.cell)
-                                         for layer, _ in directions):
+        fusable = all(recurrence.fusable(layer.cell) for layer, _ in directions)
+        if projected is None and (cudnn_available() or not fusable):
             return rnn(inputs, mask=mask, training=training)
+        if not fusable:
+            raise ValueError("`projected` needs Keras GRU or LSTM cells without their own "
+                             f"dropout; layer {rnn.name!r} has others.")
         outputs, states = [], []
-        for layer, reverse in directions:
+        for index, (layer, reverse) in enumerate(directions):
             output, final = recurrence.run_sequence(
                 layer.cell, inputs, mask, reverse=reverse,
-                zero_output_for_mask=layer.zero_output_for_mask)
+                zero_output_for_mask=layer.zero_output_for_mask,
+                projected=None if projected is None else projected[index])
             outputs.append(output)
             states.extend(final)
         return [ops.concatenate(outputs, axis=-1) if len(outputs) > 1 else outputs[0], *states]

@@ -139,7 +139,7 @@ def step(cell, projected, states, weights):
     return h, [h]
 
 
-def run_sequence(cell, inputs, mask, reverse=False, zero_output_for_mask=True):
+def run_sequence(cell, inputs, mask, reverse=False, zero_output_for_mask=True, projected=None):
     """The cell over a sequence, as a Keras RNN layer with `return_sequences`
     and `return_state` runs it on a mask.
 
@@ -155,17 +155,21 @@ def run_sequence(cell, inputs, mask, reverse=False, zero_output_for_mask=True):
         mask: Boolean `(batch, T)`, True at real steps.
         reverse: Read from the last step to the first.
         zero_output_for_mask: Zeros at masked steps, else the previous output.
+        projected: `project_inputs(cell, inputs)` where it is already taken
+            (e.g. looked up in a table of every token's); `inputs` is then
+            not read and may be None.
 
     Returns:
         `(outputs, states)`: `(batch, T, units)` and the final states (a list).
     """
     weights = recurrent_weights(cell)
-    projected = project_inputs(cell, inputs)
+    if projected is None:
+        projected = project_inputs(cell, inputs)
     real = ops.expand_dims(ops.cast(mask, projected.dtype), -1)
     # One sequence to scan: keras.ops.scan under TensorFlow (Keras 3.15) fails
     # on several `xs` of unknown length, so the mask rides as a last column.
     xs = ops.transpose(ops.concatenate([projected, real], axis=-1), (1, 0, 2))
-    batch = ops.shape(inputs)[0]
+    batch = ops.shape(projected)[0]
     zeros = ops.zeros((batch, cell.units), projected.dtype)
     # The per-step outputs have the carry's structure: keras.ops.scan's
     # TensorFlow implementation (Keras 3.15) stacks `ys` with the carry's.
