@@ -394,6 +394,9 @@ def test_encoder_from_first_layer_products_equals_the_keras_layers(cell_type):
         np.testing.assert_allclose(value.numpy(), want.numpy(), atol=1e-6)
     with pytest.raises(ValueError, match="`first_layer_products` is for inference"):
         encoder(source_ids, training=True, first_layer_products=products)
+    encoder.rnns[0].forward_layer.cell.dropout = 0.5  # a cell the equations are not for
+    with pytest.raises(ValueError, match="`projected` needs Keras GRU or LSTM cells"):
+        encoder(source_ids, first_layer_products=products)
 
 
 def test_kept_tables_are_read_instead_of_computed(reversal_model, monkeypatch):
