@@ -37,10 +37,10 @@ NEG_INF = -1e9
 
 # The largest vocabulary whose tokens' input products are taken as a table, once
 # per `encode` (vocabulary × 3·units values: 0.2 MB for the G2P phones): the target
-# side's for the decoder's steps, the source side's for the TensorFlow packed
-# encoder (decoding/packed.py). Above it the tokens' own embeddings are multiplied,
-# as the model's graph does: a table of 32,000 word pieces would cost more than a
-# whole batch's tokens.
+# side's for the decoder's steps, the source side's for the TensorFlow encoders
+# (decoding/packed.py; the XLA one only from tables a float32 export keeps). Above
+# it the tokens' own embeddings are multiplied, as the model's graph does: a table
+# of 32,000 word pieces would cost more than a whole batch's tokens.
 MAX_TABLE_VOCABULARY = 1024
 
 

@@ -109,7 +109,8 @@ def first_layer_tables(encoder):
     """Per cell of the first RNN layer, `embedding(ids) @ kernel + bias` for
     every id: `(vocab, gates · units)` tables, in which the packed encoder
     looks its tokens up (one product per call, fewer rows than the tokens of
-    a large batch); `[]` above `generation.MAX_TABLE_VOCABULARY` ids, where
+    a large batch), and the fixed-shape (XLA) encoder too once
+    `Stepper.keep_tables` has kept them; `[]` above `generation.MAX_TABLE_VOCABULARY` ids, where
     it multiplies the tokens' own embeddings instead, so that a large
     vocabulary (32,000 word pieces: 133 ms for one 10-token source at 256
     units) costs no more than the batch's tokens."""
