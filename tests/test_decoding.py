@@ -202,6 +202,28 @@ def test_jit_compile_gives_the_same_results(reversal_model):
     assert parts == [3, 4]
 
 
+def test_the_xla_encoder_steps_to_the_last_real_column(reversal_model, monkeypatch):
+    """Under XLA a batch is padded to a bucket: the encoder's loops stop at its
+    last real column (`to_last_step`), with the plain decoder's results."""
+    from keras_s2s_attn.layers import recurrence
+
+    model, (inputs, _) = reversal_model
+    sources = np.concatenate([inputs["source_ids"][:8], np.zeros((8, 5), np.int32)], axis=1)
+    calls = []
+    run_sequence = recurrence.run_sequence
+
+    def recording(*args, **kwargs):
+        calls.append(kwargs.get("to_last_step", False))
+        return run_sequence(*args, **kwargs)
+
+    monkeypatch.setattr(recurrence, "run_sequence", recording)
+    jit = Decoder(model, jit_compile=True).greedy(sources, max_output_length=30)
+    assert calls and all(calls)
+    plain = Decoder(model).greedy(sources, max_output_length=30)
+    np.testing.assert_array_equal(jit["ids"].numpy(), plain["ids"].numpy())
+    np.testing.assert_allclose(jit["attention"].numpy(), plain["attention"].numpy(), atol=1e-5)
+
+
 def test_rows_of_padding_never_hold_the_loop_up(reversal_model):
     model, (inputs, _) = reversal_model
     sources = inputs["source_ids"][:4]

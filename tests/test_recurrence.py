@@ -68,6 +68,44 @@ def test_without_zero_output_for_mask_a_masked_step_repeats_the_last_output():
     np.testing.assert_allclose(numpy(outputs)[1, 4], numpy(outputs)[1, 2])
 
 
+# MASK with two columns of padding in every row after it (a bucket's).
+PADDED_MASK = np.concatenate([MASK, np.zeros((4, 2), bool)], axis=1)
+
+
+@pytest.mark.parametrize("kind, options", CELLS)
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("zero_output_for_mask", [True, False])
+def test_to_last_step_equals_stepping_through_the_padding(kind, options, reverse,
+                                                          zero_output_for_mask):
+    """`to_last_step` gives what the whole scan gives, and reads no column after
+    the last real one: NaN there would reach every state of the scan."""
+    layer_class = keras.layers.GRU if kind == "gru" else keras.layers.LSTM
+    layer = layer_class(5, **options)
+    x = np.random.default_rng(4).normal(size=(4, 8, 3)).astype("float32")
+    layer.build(x.shape)
+    randomised(layer)
+    options = {"reverse": reverse, "zero_output_for_mask": zero_output_for_mask}
+    expected, expected_states = recurrence.run_sequence(layer.cell, x, PADDED_MASK, **options)
+    poisoned = x.copy()
+    poisoned[:, 6:] = np.nan
+    got, states = recurrence.run_sequence(layer.cell, poisoned, PADDED_MASK, to_last_step=True,
+                                          **options)
+    np.testing.assert_allclose(numpy(got), numpy(expected), atol=1e-6)
+    for value, want in zip(states, expected_states):
+        np.testing.assert_allclose(numpy(value), numpy(want), atol=1e-6)
+
+
+def test_the_encoder_to_its_last_step_equals_its_keras_layers():
+    encoder = Encoder(30, 8, 16, num_layers=2)
+    source_ids = np.random.default_rng(5).integers(1, 30, (3, 9)).astype("int32")
+    source_ids[:, 6:] = 0
+    source_ids[1, 2:] = 0
+    for value, want in zip(encoder(source_ids, to_last_step=True), encoder(source_ids)):
+        np.testing.assert_allclose(numpy(value), numpy(want), atol=1e-6)
+    with pytest.raises(ValueError, match="`to_last_step` is for inference"):
+        encoder(source_ids, training=True, to_last_step=True)
+
+
 def test_which_cells_are_fusable():
     class OwnCall(keras.layers.GRUCell):
         def call(self, inputs, states, training=False):

@@ -42,9 +42,12 @@ class Stepper(ModelSteps):
             results, much less work on batches of mixed lengths. A subclass
             whose `step` reads per-row tensors of its own must carry them in
             `memory` or `states`, which the search shrinks with the batch.
-            If not (XLA's fixed shapes), a step weighs the memory's share of
-            its input product (`ModelSteps`' `memory_gates`), which pays at
-            the small batches one compiles for latency.
+            If not (XLA's fixed shapes), the encoder steps up to the batch's
+            last real token, not through the bucket's padding (the Encoder's
+            `to_last_step`, where `can_pack` allows), and a step weighs the
+            memory's share of its input product (`ModelSteps`'
+            `memory_gates`), which pays at the small batches one compiles for
+            latency.
     """
 
     def __init__(self, model, start_id=START_ID, end_id=END_ID, dynamic_shapes=True):
@@ -96,10 +99,14 @@ class Stepper(ModelSteps):
             tf.convert_to_tensor(table) for table in self._kept.source]
         if self.packed:
             return packed_encode(self.encoder, source_ids, tables)
-        if tables:  # fixed shapes (XLA): the Keras layers, from the kept tables' rows
-            products = [tf.gather(table, source_ids) for table in tables]
-            return self.encoder(source_ids, training=False, first_layer_products=products)
-        return super().run_encoder(source_ids)
+        if self.dynamic_shapes or not can_pack(self.encoder):
+            return super().run_encoder(source_ids)
+        # Fixed shapes (XLA): the layers over the batch's real columns of the
+        # bucket only, from the kept tables' rows where kept.
+        given = {"to_last_step": True}
+        if tables:
+            given["first_layer_products"] = [tf.gather(table, source_ids) for table in tables]
+        return self.encoder(source_ids, training=False, **given)
 
     def constants_for_step(self):
         """The last `encode`'s `step_constants()` where this step's graph can

@@ -44,6 +44,9 @@ class Encoder(keras.layers.Layer):
             ids, `(batch, S, gates)`, already taken (e.g. looked up in a table
             of every id's, as the XLA decoders of an export do): the layer then
             starts from them instead of the embeddings.
+        to_last_step: For inference compiled with XLA: each RNN layer steps
+            only up to the batch's last real token (`recurrence.run_sequence`'s
+            `to_last_step`), not through the padding of a bucket shape.
 
     Returns:
         `(memory, summary)`: memory `(batch, S, memory_dim)` with a Keras
@@ -103,7 +106,9 @@ class Encoder(keras.layers.Layer):
             rnn.build(shape)
             shape = shape[:-1] + (self.memory_dim,)
 
-    def call(self, source_ids, training=None, first_layer_products=None):
+    def call(self, source_ids, training=None, first_layer_products=None, to_last_step=False):
+        if to_last_step and training:
+            raise ValueError("`to_last_step` is for inference: its loop is not differentiable.")
         mask = ops.not_equal(source_ids, 0)
         if first_layer_products is None:
             x = self.dropout_layer(self.embedding(source_ids), training=training)
@@ -115,9 +120,11 @@ class Encoder(keras.layers.Layer):
         for index, rnn in enumerate(self.rnns):
             if index > 0:
                 x = self.dropout_layer(x, training=training)
-            # Passed only when given: a subclass's `run_rnn` may predate `projected`.
+            # Passed only when given: a subclass's `run_rnn` may predate them.
             given = {} if index or first_layer_products is None else {
                 "projected": first_layer_products}
+            if to_last_step:
+                given["to_last_step"] = True
             x, *states = self.run_rnn(rnn, x, mask, training=training, **given)
         # GRU: [h] per direction; LSTM: [h, c] per direction. The summary takes
         # the hidden state h of each direction.
@@ -125,7 +132,7 @@ class Encoder(keras.layers.Layer):
         summary = ops.concatenate(states[::per_direction], axis=-1)
         return x, summary
 
-    def run_rnn(self, rnn, inputs, mask, training=None, projected=None):
+    def run_rnn(self, rnn, inputs, mask, training=None, projected=None, to_last_step=False):
         """Runs one RNN layer of the stack: what `rnn(inputs, mask=mask)` returns.
 
         Args:
@@ -138,6 +145,9 @@ class Encoder(keras.layers.Layer):
                 (`layers.recurrence.project_inputs`), already taken; `inputs`
                 is then not read (and may be None). Needs Keras GRU or LSTM
                 cells (`recurrence.fusable`).
+            to_last_step: Step only up to the batch's last real token, where
+                `layers.recurrence` runs the layer (`run_sequence`'s option of
+                that name; the Keras layer, where it runs, steps through all).
 
         Returns:
             `[outputs, *states]`: `(batch, S, width)` outputs, then the final
@@ -156,7 +166,8 @@ class Encoder(keras.layers.Layer):
             output, final = recurrence.run_sequence(
                 layer.cell, inputs, mask, reverse=reverse,
                 zero_output_for_mask=layer.zero_output_for_mask,
-                projected=None if projected is None else projected[index])
+                projected=None if projected is None else projected[index],
+                to_last_step=to_last_step)
             outputs.append(output)
             states.extend(final)
         return [ops.concatenate(outputs, axis=-1) if len(outputs) > 1 else outputs[0], *states]

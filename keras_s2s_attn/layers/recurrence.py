@@ -139,7 +139,8 @@ def step(cell, projected, states, weights):
     return h, [h]
 
 
-def run_sequence(cell, inputs, mask, reverse=False, zero_output_for_mask=True, projected=None):
+def run_sequence(cell, inputs, mask, reverse=False, zero_output_for_mask=True, projected=None,
+                 to_last_step=False):
     """The cell over a sequence, as a Keras RNN layer with `return_sequences`
     and `return_state` runs it on a mask.
 
@@ -158,6 +159,11 @@ def run_sequence(cell, inputs, mask, reverse=False, zero_output_for_mask=True, p
         projected: `project_inputs(cell, inputs)` where it is already taken
             (e.g. looked up in a table of every token's); `inputs` is then
             not read and may be None.
+        to_last_step: Step only up to the batch's last real step (the steps
+            after it are masked in every row, so their outputs follow from
+            the others): for inference compiled with XLA, where T is a padded
+            bucket and the loop writes each output into its buffer in place.
+            Not differentiable; other graphs copy the buffer at every step.
 
     Returns:
         `(outputs, states)`: `(batch, T, units)` and the final states (a list).
@@ -165,6 +171,8 @@ def run_sequence(cell, inputs, mask, reverse=False, zero_output_for_mask=True, p
     weights = recurrent_weights(cell)
     if projected is None:
         projected = project_inputs(cell, inputs)
+    if to_last_step:
+        return _run_to_last_step(cell, projected, mask, weights, reverse, zero_output_for_mask)
     real = ops.expand_dims(ops.cast(mask, projected.dtype), -1)
     # One sequence to scan: keras.ops.scan under TensorFlow (Keras 3.15) fails
     # on several `xs` of unknown length, so the mask rides as a last column.
@@ -177,12 +185,52 @@ def run_sequence(cell, inputs, mask, reverse=False, zero_output_for_mask=True, p
 
     def one_step(carry, x):
         projected_t, real_t = ops.split(x, [gates_size(cell)], axis=-1)
-        old = carry["states"]
-        output, new_states = step(cell, projected_t, old, weights)
-        kept = [real_t * new + (1 - real_t) * was for new, was in zip(new_states, old)]
-        held = 0.0 if zero_output_for_mask else (1 - real_t) * carry["output"]
-        carry = {"states": kept, "output": output * real_t + held}
+        carry = _masked_step(cell, projected_t, real_t, carry, weights, zero_output_for_mask)
         return carry, carry
 
     final, history = ops.scan(one_step, initial, xs, reverse=reverse)
     return ops.transpose(history["output"], (1, 0, 2)), list(final["states"])
+
+
+def _masked_step(cell, projected_t, real_t, carry, weights, zero_output_for_mask):
+    """One step on a mask column `real_t` `(batch, 1)`: the new carry."""
+    old = carry["states"]
+    output, new_states = step(cell, projected_t, old, weights)
+    kept = [real_t * new + (1 - real_t) * was for new, was in zip(new_states, old)]
+    held = 0.0 if zero_output_for_mask else (1 - real_t) * carry["output"]
+    return {"states": kept, "output": output * real_t + held}
+
+
+def _run_to_last_step(cell, projected, mask, weights, reverse, zero_output_for_mask):
+    """`run_sequence` with `to_last_step`: a while loop over the first L steps,
+    L the batch's last real position + 1.
+
+    Past L every row is masked. Read forwards, those steps keep the states and
+    output zeros or hold the output of step L - 1; read backwards they come
+    first, keep the zero initial states and output zeros. So the loop runs
+    steps 0..L-1 (backwards from L - 1) and the buffer starts at zeros.
+    """
+    batch, steps = ops.shape(projected)[0], ops.shape(projected)[1]
+    positions = ops.arange(1, steps + 1, dtype="int32")
+    length = ops.max(ops.where(mask, ops.expand_dims(positions, 0), 0))
+    time_major = ops.transpose(projected, (1, 0, 2))
+    real = ops.expand_dims(ops.transpose(ops.cast(mask, projected.dtype)), -1)
+    zeros = ops.zeros((batch, cell.units), projected.dtype)
+    initial = {"states": [zeros] * state_count(cell), "output": zeros}
+    buffer = ops.zeros((steps, batch, cell.units), projected.dtype)
+
+    def body(i, carry, buffer):
+        t = length - 1 - i if reverse else i
+        carry = _masked_step(cell, ops.take(time_major, t, axis=0), ops.take(real, t, axis=0),
+                             carry, weights, zero_output_for_mask)
+        index = ops.convert_to_tensor(0, "int32")
+        buffer = ops.slice_update(buffer, [t, index, index], ops.expand_dims(carry["output"], 0))
+        return i + 1, carry, buffer
+
+    _, final, buffer = ops.while_loop(
+        lambda i, carry, buffer: i < length, body,
+        (ops.convert_to_tensor(0, "int32"), initial, buffer), maximum_iterations=steps)
+    if not zero_output_for_mask and not reverse:
+        after = ops.reshape(ops.arange(steps, dtype="int32") >= length, (-1, 1, 1))
+        buffer = ops.where(after, ops.expand_dims(final["output"], 0), buffer)
+    return ops.transpose(buffer, (1, 0, 2)), list(final["states"])
