@@ -143,12 +143,17 @@ class ModelSteps:
             kernel rows it meets), which a step looks its tokens up in
             instead of multiplying their embeddings.
         """
-        weights = self.cell.step_weights()
+        weights = self.step_weights()
         if weights is None:
             return None
         if self.embedding.input_dim > MAX_TABLE_VOCABULARY:
             return {"weights": weights}
         return {"weights": weights, "table": self.target_table(weights)}
+
+    def step_weights(self):
+        """The cell's `step_weights()`, for `step_constants`: the extension
+        point of a stepper that keeps parts of them (the TensorFlow `Stepper`)."""
+        return self.cell.step_weights()
 
     def target_table(self, weights):
         """Every target token's share of the first RNN layer's input product:

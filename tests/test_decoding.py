@@ -427,6 +427,7 @@ def test_kept_tables_are_read_instead_of_computed(reversal_model, monkeypatch):
     multiplies no embedding table by a kernel."""
     from keras_s2s_attn import generation
     from keras_s2s_attn.decoding import packed
+    from keras_s2s_attn.layers import recurrence
 
     model, (inputs, _) = reversal_model
     sources = tf.constant(np.asarray(inputs["source_ids"][:24], np.int32))
@@ -449,6 +450,13 @@ def test_kept_tables_are_read_instead_of_computed(reversal_model, monkeypatch):
 
     monkeypatch.setattr(generation.ModelSteps, "target_table", refused)
     monkeypatch.setattr(packed, "first_layer_tables", refused)
+    # The decoder's first kernel is kept in the parts the steps read (its rows after
+    # the target's; the table stands for the target's): the graph reads no slice of it.
+    assert sorted(tables.first_layer) == ["rest"]
+    first_cell = model.get_layer("decoder").cell.cells[0]
+    input_kernel = recurrence.input_kernel
+    monkeypatch.setattr(recurrence, "input_kernel",
+                        lambda cell: refused() if cell is first_cell else input_kernel(cell))
 
     def check(stepper):
         result = tf.function(lambda ids: GreedySearch().decode(stepper, ids, 30),
@@ -464,7 +472,7 @@ def test_kept_tables_are_read_instead_of_computed(reversal_model, monkeypatch):
     # bfloat16 products round differently in each kernel: such a model keeps none (the
     # export then answers as its graph does; tests/test_training_recipes.py).
     mixed = Stepper(untrained(dtype="mixed_bfloat16")).keep_tables()
-    assert mixed.target is None and mixed.source == []
+    assert mixed.target is None and mixed.source == [] and mixed.first_layer is None
 
 
 @pytest.mark.parametrize("strategy", [GreedySearch(), BeamSearch(beam_width=3, num_results=3)])
@@ -501,8 +509,11 @@ def test_the_step_paths_give_the_same_results(reversal_model, monkeypatch):
     model, (inputs, _) = reversal_model
     sources = np.asarray(inputs["source_ids"][:24], np.int32)
 
-    def decoded():
-        result = Decoder(model).beam_search(sources, beam_width=3, max_output_length=30)
+    def decoded(keep_tables=False):
+        decoder = Decoder(model)
+        if keep_tables:  # as an export does
+            decoder.stepper.keep_tables()
+        result = decoder.beam_search(sources, beam_width=3, max_output_length=30)
         return result["ids"].numpy(), result["scores"].numpy()
 
     stepper = Stepper(model)
@@ -511,6 +522,9 @@ def test_the_step_paths_give_the_same_results(reversal_model, monkeypatch):
     table_ids, table_scores = decoded()
     monkeypatch.setattr(generation, "MAX_TABLE_VOCABULARY", 0)
     product_ids, product_scores = decoded()
+    # No table to stand for the first kernel's target rows: they are kept too.
+    assert sorted(Stepper(model).keep_tables().first_layer) == ["rest", "target"]
+    kept_ids, kept_scores = decoded(keep_tables=True)
     class OwnStep(AttentionDecoderCell):
         def rnn_step(self, *args, **kwargs):
             return super().rnn_step(*args, **kwargs)
@@ -519,7 +533,8 @@ def test_the_step_paths_give_the_same_results(reversal_model, monkeypatch):
     monkeypatch.setattr(cell, "__class__", OwnStep)
     assert cell.step_weights() is None  # an overridden `rnn_step`: the cells are called
     cell_ids, cell_scores = decoded()
-    for ids, scores in ((product_ids, product_scores), (cell_ids, cell_scores)):
+    for ids, scores in ((product_ids, product_scores), (kept_ids, kept_scores),
+                        (cell_ids, cell_scores)):
         np.testing.assert_array_equal(ids, table_ids)
         np.testing.assert_allclose(scores, table_scores, atol=1e-4)
 

@@ -62,7 +62,8 @@ class Stepper(ModelSteps):
         `first_layer_tables`) once, now, as variables that later calls read.
         The packed encoder looks its tokens up in the latter (otherwise made
         on each call); so does the fixed-shape encoder of XLA (otherwise
-        multiplying its tokens' embeddings).
+        multiplying its tokens' embeddings). The decoder's first kernel is
+        kept in the parts its steps read (`step_weights`).
 
         For weights that no longer change, as in a float32 export: computing
         the tables took 6-8% of a lone word's greedy decoding (the model of
@@ -77,16 +78,27 @@ class Stepper(ModelSteps):
             for a SavedModel to track.
         """
         kept, self._kept = tf.Module(), None
-        kept.target, kept.source = None, []
+        kept.target, kept.source, kept.first_layer = None, [], None
         if self.cell.compute_dtype != "float32":
             return kept
         with tf.init_scope():
-            table = (self.step_constants() or {}).get("table")
+            constants = self.step_constants() or {}
+            table = constants.get("table")
             kept.target = None if table is None else tf.Variable(table, trainable=False)
             kept.source = [tf.Variable(t, trainable=False) for t in (
                 first_layer_tables(self.encoder) if can_pack(self.encoder) else [])]
+            if "weights" in constants:
+                kept.first_layer = _first_layer_parts(constants["weights"], table is None)
         self._kept = kept
         return kept
+
+    def step_weights(self):
+        """The cell's `step_weights()`, from the kept parts of its first layer's
+        kernel after `keep_tables()`: the graph then reads no slice of it."""
+        if self._kept is None or self._kept.first_layer is None:
+            return super().step_weights()
+        return self.cell.step_weights(first_layer={
+            name: tf.convert_to_tensor(part) for name, part in self._kept.first_layer.items()})
 
     def target_table(self, weights):
         """The kept table after `keep_tables()`, else `ModelSteps.target_table`."""
@@ -116,6 +128,20 @@ class Stepper(ModelSteps):
         if constants is None or not _readable_here(tf.nest.flatten(constants)[0]):
             return self.step_constants()
         return constants
+
+
+def _first_layer_parts(weights, with_target):
+    """The first decoder layer's kernel rows as variables of their own: those
+    after the target input's (`rest`), which the memory gates or each step
+    multiply, and the target's where no table replaces them.
+
+    Kept contiguous: a slice of the kernel taken in the graph is a copy on
+    every call (XLA's took 0.09 ms of a lone word's 1.8 ms, the model of
+    `benchmarks/vs_pytorch.py`); stored instead of the kernel, not beside it.
+    """
+    first = weights["layers"][0]
+    names = ("rest", "target") if with_target else ("rest",)
+    return {name: tf.Variable(first[name], trainable=False) for name in names}
 
 
 def _readable_here(tensor):

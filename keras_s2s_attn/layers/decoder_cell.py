@@ -314,8 +314,18 @@ class AttentionDecoderCell(keras.layers.Layer):
         return x * mask if mask is not None else self.dropout_layer(x, training=training)
 
     # ------------------------------------------------------------ sub-steps
-    def step_weights(self):
+    def step_weights(self, first_layer=None):
         """The loop-invariant weights of a step, taken once before a step loop.
+
+        Args:
+            first_layer: None, or the first RNN layer's input kernel already
+                taken apart and kept elsewhere: a dict with `"rest"` (its rows
+                after the target input's) and, where the caller still
+                projects target inputs with it, `"target"`. The layer's kernel
+                is then not read (the TensorFlow `Stepper` of an export keeps
+                the parts as variables of their own: a slice of the kernel
+                taken in the graph is copied on every call). Steps must then
+                take projected target inputs (`projected=True`).
 
         Returns:
             None when a cell is not one `layers.recurrence` computes, or when
@@ -332,11 +342,15 @@ class AttentionDecoderCell(keras.layers.Layer):
             return None
         layers = []
         for index, cell in enumerate(self.cells):
-            kernel = recurrence.input_kernel(cell)
-            weights = {"kernel": kernel, "recurrent": recurrence.recurrent_weights(cell)}
-            if index == 0:
-                weights["target"] = kernel[: self.target_input_dim]
-                weights["rest"] = kernel[self.target_input_dim:]
+            weights = {"recurrent": recurrence.recurrent_weights(cell)}
+            if index == 0 and first_layer is not None:
+                weights.update(first_layer)
+            else:
+                kernel = recurrence.input_kernel(cell)
+                weights["kernel"] = kernel
+                if index == 0:
+                    weights["target"] = kernel[: self.target_input_dim]
+                    weights["rest"] = kernel[self.target_input_dim:]
             layers.append(weights)
         return {"layers": layers}
 
