@@ -14,7 +14,10 @@ weight for weight (the parent prints both parameter counts). It trains with
 (clipnorm 1), and decodes greedily in a `tf.function` (a batch at a time,
 stopping when every row has ended), calling the decoder GRU on one step.
 
-    python benchmarks/keras_tutorial_seq2seq.py SPEC    (vs_pytorch.py starts it)
+    python benchmarks/keras_tutorial_seq2seq.py train|decode SPEC    (vs_pytorch.py starts it)
+
+`train` saves the weights (`model.weights.h5` in the contestant's directory);
+`decode` loads them in a fresh process.
 """
 
 import os
@@ -113,8 +116,9 @@ def train(model, spec):
 
 
 def main():
-    """Trains under the time budget, then times decoding (the spec from the command line)."""
-    spec = common.read_json(sys.argv[1])
+    """`train SPEC` (train under the time budget, save the weights) or `decode SPEC`
+    (time decoding with the saved weights)."""
+    stage, spec = sys.argv[1], common.read_json(sys.argv[2])
     set_threads(spec)
     keras.utils.set_random_seed(common.SEED)
     directory = common.contestant_dir(spec, NAME)
@@ -122,9 +126,16 @@ def main():
                                                                  side))
                                   for side in ("source", "target"))
     model = build_model(len(source_vocab), len(target_vocab))
-    summary = train(model, spec)
-    common.write_json(os.path.join(directory, "train.json"),
-                      {"parameters": model.count_params(), **summary})
+    weights = os.path.join(directory, "model.weights.h5")
+    if stage == "train":
+        summary = train(model, spec)
+        model.save_weights(weights)
+        common.write_json(os.path.join(directory, "train.json"),
+                          {"parameters": model.count_params(), **summary})
+        return
+    if stage != "decode":
+        raise SystemExit(f"unknown stage {stage!r}: train or decode")
+    model.load_weights(weights)
     greedy = greedy_function(model)
 
     def decode(words):

@@ -22,7 +22,11 @@ search ranked as the package's `BeamSearch` ranks (GNMT length penalty
 ((5 + |Y|) / 6)^0.6, finished hypotheses kept in the beam), both stopping when
 every row has ended. Needs the `bench` extra (`pip install -e .[bench]`).
 
-    python benchmarks/torch_seq2seq.py SPEC    (vs_pytorch.py starts it)
+    python benchmarks/torch_seq2seq.py train|decode SPEC    (vs_pytorch.py starts it)
+
+`train` saves the weights (`model.pt` in the contestant's directory); `decode`
+loads them in a fresh process, so that vs_pytorch.py can interleave the
+contestants' decoding rounds.
 """
 
 import os
@@ -248,25 +252,33 @@ def translator(model, source_vocab, target_vocab, search, **options):
 
 
 def main():
-    """Trains under the time budget, then times decoding (the spec from the command line)."""
-    spec = common.read_json(sys.argv[1])
+    """`train SPEC` (train under the time budget, save the weights) or `decode SPEC`
+    (time decoding with the saved weights)."""
+    stage, spec = sys.argv[1], common.read_json(sys.argv[2])
     torch.set_num_threads(spec["threads"])
     torch.manual_seed(common.SEED)
     directory = common.contestant_dir(spec, "pytorch")
     source_vocab, target_vocab = (common.Vocabulary(os.path.join(spec["work"], common.VOCAB_DIR,
                                                                  side))
                                   for side in ("source", "target"))
-    arrays = dict(np.load(os.path.join(spec["work"], common.TRAIN_IDS)))
     model = Seq2Seq(len(source_vocab), len(target_vocab))
-    summary = train(model, arrays, spec)
-    common.write_json(os.path.join(directory, "train.json"), {
-        "parameters": sum(p.numel() for p in model.parameters()), **summary})
-    model.eval()
-    result = common.run_decoding(spec, {
-        "greedy": translator(model, source_vocab, target_vocab, greedy),
-        "beam": translator(model, source_vocab, target_vocab, beam_search,
-                           width=common.BEAM_WIDTH)})
-    common.write_json(os.path.join(directory, "decode.json"), result)
+    weights = os.path.join(directory, "model.pt")
+    if stage == "train":
+        arrays = dict(np.load(os.path.join(spec["work"], common.TRAIN_IDS)))
+        summary = train(model, arrays, spec)
+        torch.save(model.state_dict(), weights)
+        common.write_json(os.path.join(directory, "train.json"), {
+            "parameters": sum(p.numel() for p in model.parameters()), **summary})
+    elif stage == "decode":
+        model.load_state_dict(torch.load(weights))
+        model.eval()
+        result = common.run_decoding(spec, {
+            "greedy": translator(model, source_vocab, target_vocab, greedy),
+            "beam": translator(model, source_vocab, target_vocab, beam_search,
+                               width=common.BEAM_WIDTH)})
+        common.write_json(os.path.join(directory, "decode.json"), result)
+    else:
+        raise SystemExit(f"unknown stage {stage!r}: train or decode")
 
 
 if __name__ == "__main__":

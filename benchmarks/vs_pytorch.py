@@ -1,8 +1,12 @@
 """Speed against a hand-written PyTorch model: one architecture, four contestants, one run.
 
 On the project's CMUdict G2P split (`python examples/cmudict_to_tsv.py --out
-data/cmudict`), one after another, each in processes of its own (TensorFlow
-and PyTorch never share one, nor compete for the cores):
+data/cmudict`), each in processes of its own (TensorFlow and PyTorch never
+share one, nor compete for the cores): all train, one after another, then
+all decode in `--rounds` rounds, one contestant after another in each (a
+fresh process each time); a speed is the median of its rounds, so that the
+machine's drift over minutes (this one's speed changes by up to a third) meets
+every contestant alike:
 
 1. `package`: this package's `train(...)` (char source, space-separated
    target), stopped when its time is up, `export_saved_model`, and the
@@ -24,9 +28,9 @@ additive attention, dropout 0.1, batches of 64 bucketed by length, Adam 1e-3
 for `--train-seconds` of its training steps (a package run's validation and
 checkpoints between epochs are not counted, nor done by the others); the
 rate is target tokens/s (real labels, end token included) after
-`--warmup-steps` steps. Decoding: words/s over the first `--decode-words`
-test words, text in and text out, at each batch size after one untimed
-batch, at most 2·S + 10 steps (S: the batch's padded source length),
+`--warmup-steps` steps. Decoding, in each round: words/s over the first
+`--decode-words` test words, text in and text out, at each batch size after
+one untimed batch, at most 2·S + 10 steps (S: the batch's padded source length),
 stopping when every row has ended. WER and PER (keras_s2s_attn.evaluation)
 are of the outputs at the largest batch. Speeds carry their ratio to the
 PyTorch contestant; the Luong row also to the tutorial's. Run it on an
@@ -37,7 +41,7 @@ PyTorch is the `bench` extra: `pip install -e .[bench]` (CPU-only wheels:
 add `--extra-index-url https://download.pytorch.org/whl/cpu`).
 
     python benchmarks/vs_pytorch.py [--train-seconds 300] [--decode-words 200] \\
-        [--contestants package,pytorch] [--out DIR] [--json results.json]
+        [--rounds 3] [--contestants package,pytorch] [--out DIR] [--json results.json]
 """
 
 import argparse
@@ -47,6 +51,7 @@ import json
 import os
 import platform
 import shlex
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -58,19 +63,25 @@ from keras_s2s_attn.evaluation import evaluate_texts
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PACKAGE = os.path.join(HERE, "vs_pytorch_package.py")
-# name: (label, stages: each the arguments of one process; SPEC is the spec file)
+TORCH = os.path.join(HERE, "torch_seq2seq.py")
+TUTORIAL = os.path.join(HERE, "keras_tutorial_seq2seq.py")
+# name: (label, training stages, decoding stage), each stage the arguments of one
+# process (SPEC is the spec file)
 CONTESTANTS = {
-    "package": ("keras-s2s-attn, Bahdanau",
-                [[PACKAGE, "train", "SPEC", "package"], [PACKAGE, "decode", "SPEC", "package"]]),
+    "package": ("keras-s2s-attn, Bahdanau", [[PACKAGE, "train", "SPEC", "package"]],
+                [PACKAGE, "decode", "SPEC", "package"]),
     "package-luong": ("keras-s2s-attn, Luong, no input feeding",
-                      [[PACKAGE, "train", "SPEC", "package-luong"],
-                       [PACKAGE, "decode", "SPEC", "package-luong"]]),
-    "package-xla": ("keras-s2s-attn, Bahdanau, `--jit` export (same weights)",
-                    [[PACKAGE, "decode", "SPEC", "package", "--jit"]]),
-    "pytorch": ("PyTorch by hand, Bahdanau", [[os.path.join(HERE, "torch_seq2seq.py"), "SPEC"]]),
-    "tutorial": ("Keras built-ins, tutorial (Luong order)",
-                 [[os.path.join(HERE, "keras_tutorial_seq2seq.py"), "SPEC"]]),
+                      [[PACKAGE, "train", "SPEC", "package-luong"]],
+                      [PACKAGE, "decode", "SPEC", "package-luong"]),
+    "package-xla": ("keras-s2s-attn, Bahdanau, `--jit` export (same weights)", [],
+                    [PACKAGE, "decode", "SPEC", "package", "--jit"]),
+    "pytorch": ("PyTorch by hand, Bahdanau", [[TORCH, "train", "SPEC"]],
+                [TORCH, "decode", "SPEC"]),
+    "tutorial": ("Keras built-ins, tutorial (Luong order)", [[TUTORIAL, "train", "SPEC"]],
+                 [TUTORIAL, "decode", "SPEC"]),
 }
+# Contestants that decode another's weights: name -> the one that trains them.
+SAME_WEIGHTS = {"package-xla": "package"}
 BASELINE = "pytorch"
 
 
@@ -87,6 +98,8 @@ def parse_args():
     parser.add_argument("--contestants", default=",".join(CONTESTANTS),
                         help=f"comma-separated, of {', '.join(CONTESTANTS)}")
     parser.add_argument("--threads", type=int, default=2, help="threads of each contestant")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="decoding rounds, the contestants interleaved (medians reported)")
     parser.add_argument("--out", help="work dir for runs and exports (default: a temporary one)")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args()
@@ -108,6 +121,8 @@ def parse_args():
         parser.error(f"--data: {args.data} lacks {', '.join(missing)} (make them with "
                      "`python examples/cmudict_to_tsv.py --out data/cmudict`)")
     args.batches = sorted({int(size) for size in args.batches.split(",")})
+    if args.rounds < 1:
+        parser.error(f"--rounds must be at least 1; got {args.rounds}")
     return args
 
 
@@ -144,20 +159,65 @@ def run_stage(arguments, log_path):
                          f"{log_path}:\n{tail}")
 
 
-def run_contestant(name, spec_path, spec, references):
-    """Trains and decodes one contestant; its row of the table."""
+def stage_arguments(arguments, spec_path):
+    return [spec_path if argument == "SPEC" else argument for argument in arguments]
+
+
+def train_contestant(name, spec_path, spec):
+    """Runs a contestant's training stages; its `train.json` (for one that only
+    decodes another's weights, the other's)."""
     directory = os.path.join(spec["work"], name)
     os.makedirs(directory, exist_ok=True)
-    log_path = os.path.join(directory, "log.txt")
     for arguments in CONTESTANTS[name][1]:
-        run_stage([spec_path if argument == "SPEC" else argument for argument in arguments],
-                  log_path)
-    trained = read_json(os.path.join(directory, "train.json"))
-    decoded = read_json(os.path.join(directory, "decode.json"))
-    scores = {kind: evaluate_texts(outputs, references, ["wer", "per"])
-              for kind, outputs in decoded["hypotheses"].items()}
-    return {"name": name, "label": CONTESTANTS[name][0], **trained,
-            "words_per_second": decoded["words_per_second"], "scores": scores}
+        run_stage(stage_arguments(arguments, spec_path), os.path.join(directory, "log.txt"))
+    trained_by = SAME_WEIGHTS.get(name, name)
+    return read_json(os.path.join(spec["work"], trained_by, "train.json"))
+
+
+def decode_contestant(name, spec_path, spec):
+    """Runs a contestant's decoding stage once (a fresh process); its `decode.json`."""
+    directory = os.path.join(spec["work"], name)
+    os.makedirs(directory, exist_ok=True)
+    run_stage(stage_arguments(CONTESTANTS[name][2], spec_path),
+              os.path.join(directory, "log.txt"))
+    return read_json(os.path.join(directory, "decode.json"))
+
+
+def median_speeds(rounds):
+    """`{kind: {batch: words/s}}`, the median over the rounds' decode results."""
+    return {kind: {size: statistics.median(r["words_per_second"][kind][size] for r in rounds)
+                   for size in per_size}
+            for kind, per_size in rounds[0]["words_per_second"].items()}
+
+
+def run_contestants(args, spec_path, spec, references):
+    """Trains every contestant, one after another, then decodes in `--rounds`
+    rounds, each contestant once per round in turn: the machine's speed drifts
+    over minutes, and interleaved rounds let every contestant meet the same
+    drift. A row's speeds are the medians of its rounds."""
+    trained = {}
+    for name in args.contestants:
+        began = time.time()
+        print(f"{name}: training {args.train_seconds:g} s ...", file=sys.stderr, flush=True)
+        trained[name] = train_contestant(name, spec_path, spec)
+        print(f"{name}: trained in {time.time() - began:.0f} s", file=sys.stderr, flush=True)
+    decoded = {name: [] for name in args.contestants}
+    for index in range(args.rounds):
+        for name in args.contestants:
+            began = time.time()
+            decoded[name].append(decode_contestant(name, spec_path, spec))
+            print(f"{name}: decoding round {index + 1} of {args.rounds}, "
+                  f"{len(references)} words, in {time.time() - began:.0f} s",
+                  file=sys.stderr, flush=True)
+    rows = []
+    for name in args.contestants:
+        rounds = decoded[name]
+        scores = {kind: evaluate_texts(outputs, references, ["wer", "per"])
+                  for kind, outputs in rounds[0]["hypotheses"].items()}
+        rows.append({"name": name, "label": CONTESTANTS[name][0], **trained[name],
+                     "words_per_second": median_speeds(rounds), "scores": scores,
+                     "rounds": [r["words_per_second"] for r in rounds]})
+    return rows
 
 
 def speeds(row, batches):
@@ -205,6 +265,16 @@ def print_table(rows, batches):
               f"({'equal' if counts[0] == counts[1] else 'DIFFERENT'})")
 
 
+def print_rounds(rows, batches):
+    """Each round's words/s, so that the spread behind the medians shows."""
+    print("Words/s of each decoding round, in order:")
+    for row in rows:
+        for kind in row["rounds"][0]:
+            for size in batches:
+                values = [f"{r[kind][str(size)]:,.0f}" for r in row["rounds"]]
+                print(f"- {row['name']}, {kind} b{size}: {', '.join(values)}")
+
+
 def main():
     """Prepares the data, runs each contestant in turn, prints the table."""
     args = parse_args()
@@ -220,21 +290,17 @@ def main():
         write_json(spec_path, spec)
         _, references = read_test(spec)
         run_stage([PACKAGE, "prepare", spec_path], os.path.join(work, "prepare.log"))
-        rows = []
-        for name in args.contestants:
-            began = time.time()
-            print(f"{name}: training {args.train_seconds:g} s, then decoding "
-                  f"{len(references)} words ...", file=sys.stderr, flush=True)
-            rows.append(run_contestant(name, spec_path, spec, references))
-            print(f"{name}: done in {time.time() - began:.0f} s", file=sys.stderr, flush=True)
+        rows = run_contestants(args, spec_path, spec, references)
     about = machine()
     print(f"machine: {about['cpu']}, {about['cores']} cores ({about['usable_cores']} usable); "
           f"TensorFlow {about['tensorflow']}, Keras {about['keras']}, PyTorch {about['torch']}, "
           f"Python {about['python']}")
     print(f"command: {command}")
     print(f"{args.train_seconds:g} s of training, {args.threads} thread(s) each, "
-          f"{len(references)} test words decoded at batch {', '.join(map(str, args.batches))}\n")
+          f"{len(references)} test words decoded at batch {', '.join(map(str, args.batches))}, "
+          f"medians of {args.rounds} interleaved round(s)\n")
     print_table(rows, args.batches)
+    print_rounds(rows, args.batches)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:
             json.dump({"machine": about, "command": command, "settings": spec,
