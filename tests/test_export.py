@@ -125,18 +125,22 @@ def exported_floats(model):
     once, and the tables of input products it keeps (`Stepper.keep_tables`: the
     decoder's first cell's for every target id, each first-layer encoder cell's
     for every source id), less the target embedding, whose every use is now the
-    table (the encoder's stays: rows with gaps are encoded by the Keras layers)."""
+    table (the encoder's stays: rows with gaps are encoded by the Keras layers),
+    and with the decoder's first kernel as the rows the steps read: those after
+    the target input's (the table stands for the target's)."""
     encoder, cell = model.get_layer(models.ENCODER), model.get_layer(models.DECODER).cell
     rnn = encoder.rnns[0]
     first = ([rnn.forward_layer.cell, rnn.backward_layer.cell]
              if isinstance(rnn, keras.layers.Bidirectional) else [rnn.cell])
     target_embedding = model.get_layer(models.TARGET_EMBEDDING)
-    tables = ([target_embedding.input_dim * cell.cells[0].kernel.shape[1]]
+    kernel = cell.cells[0].kernel
+    tables = ([target_embedding.input_dim * kernel.shape[1]]
               + [encoder.embedding.input_dim * first_cell.kernel.shape[1] for first_cell in first])
     weights = [int(np.prod(w.shape)) for w in model.weights
-               if w is not target_embedding.embeddings]
-    assert len(weights) == len(model.weights) - 1 and len(tables) == 1 + len(first)
-    return sorted(weights + tables)
+               if w is not target_embedding.embeddings and w is not kernel]
+    rest = (kernel.shape[0] - cell.target_input_dim) * kernel.shape[1]
+    assert len(weights) == len(model.weights) - 2 and len(tables) == 1 + len(first)
+    return sorted(weights + tables + [rest])
 
 
 def test_each_weight_is_saved_once(exported, tiny_run):
