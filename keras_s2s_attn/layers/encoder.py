@@ -108,7 +108,8 @@ class Encoder(keras.layers.Layer):
 
     def call(self, source_ids, training=None, first_layer_products=None, to_last_step=False):
         if to_last_step and training:
-            raise ValueError("`to_last_step` is for inference: its loop is not differentiable.")
+            raise ValueError("`to_last_step` is for inference: its loop has no gradient on "
+                             "every backend.")
         mask = ops.not_equal(source_ids, 0)
         if first_layer_products is None:
             x = self.dropout_layer(self.embedding(source_ids), training=training)

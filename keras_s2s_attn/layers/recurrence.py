@@ -162,8 +162,9 @@ def run_sequence(cell, inputs, mask, reverse=False, zero_output_for_mask=True, p
         to_last_step: Step only up to the batch's last real step (the steps
             after it are masked in every row, so their outputs follow from
             the others): for inference compiled with XLA, where T is a padded
-            bucket and the loop writes each output into its buffer in place.
-            Not differentiable; other graphs copy the buffer at every step.
+            bucket and the loop writes each output into its buffer in place
+            (other graphs copy the buffer at every step). Inference only: a
+            while loop of a value's length has no reverse-mode gradient in JAX.
 
     Returns:
         `(outputs, states)`: `(batch, T, units)` and the final states (a list).
