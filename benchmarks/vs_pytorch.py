@@ -197,13 +197,12 @@ def run_contestants(args, spec_path, spec, references):
     drift. A row's speeds are the medians of its rounds."""
     trained = {}
     for name in args.contestants:
-        if not CONTESTANTS[name][1]:
-            trained[name] = train_contestant(name, spec_path, spec)
-            continue  # decodes another's weights
-        began = time.time()
-        print(f"{name}: training {args.train_seconds:g} s ...", file=sys.stderr, flush=True)
+        trains, began = bool(CONTESTANTS[name][1]), time.time()  # not: decodes another's
+        if trains:
+            print(f"{name}: training {args.train_seconds:g} s ...", file=sys.stderr, flush=True)
         trained[name] = train_contestant(name, spec_path, spec)
-        print(f"{name}: trained in {time.time() - began:.0f} s", file=sys.stderr, flush=True)
+        if trains:
+            print(f"{name}: trained in {time.time() - began:.0f} s", file=sys.stderr, flush=True)
     decoded = {name: [] for name in args.contestants}
     for index in range(args.rounds):
         for name in args.contestants:

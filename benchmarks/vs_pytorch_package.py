@@ -152,7 +152,6 @@ def decode_exported(spec, name, jit=False):
     if jit:
         directory = common.contestant_dir(spec, name + "-xla")
         os.makedirs(directory, exist_ok=True)
-        common.write_json(os.path.join(directory, "train.json"), trained)
     # tf.saved_model.load, with tensorflow-text's NFKC op registered first.
     signatures = load_saved_model(version).signatures
 

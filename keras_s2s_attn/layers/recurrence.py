@@ -178,11 +178,9 @@ def run_sequence(cell, inputs, mask, reverse=False, zero_output_for_mask=True, p
     # One sequence to scan: keras.ops.scan under TensorFlow (Keras 3.15) fails
     # on several `xs` of unknown length, so the mask rides as a last column.
     xs = ops.transpose(ops.concatenate([projected, real], axis=-1), (1, 0, 2))
-    batch = ops.shape(projected)[0]
-    zeros = ops.zeros((batch, cell.units), projected.dtype)
     # The per-step outputs have the carry's structure: keras.ops.scan's
     # TensorFlow implementation (Keras 3.15) stacks `ys` with the carry's.
-    initial = {"states": [zeros] * state_count(cell), "output": zeros}
+    initial = _initial_carry(cell, projected)
 
     def one_step(carry, x):
         projected_t, real_t = ops.split(x, [gates_size(cell)], axis=-1)
@@ -191,6 +189,12 @@ def run_sequence(cell, inputs, mask, reverse=False, zero_output_for_mask=True, p
 
     final, history = ops.scan(one_step, initial, xs, reverse=reverse)
     return ops.transpose(history["output"], (1, 0, 2)), list(final["states"])
+
+
+def _initial_carry(cell, projected):
+    """Zero states and output for a batch of `projected` `(batch, T, gates)`."""
+    zeros = ops.zeros((ops.shape(projected)[0], cell.units), projected.dtype)
+    return {"states": [zeros] * state_count(cell), "output": zeros}
 
 
 def _masked_step(cell, projected_t, real_t, carry, weights, zero_output_for_mask):
@@ -216,8 +220,7 @@ def _run_to_last_step(cell, projected, mask, weights, reverse, zero_output_for_m
     length = ops.max(ops.where(mask, ops.expand_dims(positions, 0), 0))
     time_major = ops.transpose(projected, (1, 0, 2))
     real = ops.expand_dims(ops.transpose(ops.cast(mask, projected.dtype)), -1)
-    zeros = ops.zeros((batch, cell.units), projected.dtype)
-    initial = {"states": [zeros] * state_count(cell), "output": zeros}
+    initial = _initial_carry(cell, projected)
     buffer = ops.zeros((steps, batch, cell.units), projected.dtype)
 
     def body(i, carry, buffer):
