@@ -14,6 +14,7 @@ from keras_s2s_attn.text import (
     RESERVED_TOKENS,
     TOKENIZER_KINDS,
     CharTokenizer,
+    SpaceTokenizer,
     WordTokenizer,
     load_tokenizer,
     make_tokenizer,
@@ -145,6 +146,38 @@ def test_decode_drops_pad_and_start_and_stops_at_end():
     assert _strings(tok.decode(ragged)) == ["the cat", "", "a dog"]
     assert _strings(tok.decode(np.array([4, 5, 3, 4], np.int64))) == ["the cat"]
     assert tok.decode([4, 5]).shape == ()
+
+
+@pytest.mark.parametrize("kind", [*ALL_KINDS, "space"])
+def test_dense_ids_decode_as_their_ragged_rows(kind):
+    """Dense ids take their own path (dense masks, no ragged rows built first):
+    the same text as the ragged rows, row by row, specials and out-of-range ids
+    included; no columns decode to empty strings."""
+    tok = _adapted(kind)
+    size = tok.vocabulary_size
+    rng = np.random.default_rng(3)
+    dense = rng.integers(-2, size + 3, (40, 9)).astype("int32")
+    dense[rng.random(dense.shape) < 0.15] = END_ID
+    dense[rng.random(dense.shape) < 0.15] = PAD_ID
+    dense[:, 0] = np.where(rng.random(40) < 0.5, START_ID, dense[:, 0])
+    expected = _strings(tok.decode(tf.ragged.constant(dense.tolist())))
+    assert _strings(tok.decode(dense)) == expected
+    assert _strings(tf.function(tok.decode)(tf.constant(dense))) == expected
+    assert len(set(expected)) > 20  # varied rows, not all cut at once
+    assert _strings(tok.decode(np.zeros((2, 0), "int32"))) == ["", ""]
+
+
+def test_a_subclass_join_decodes_dense_ids_too():
+    """A subclass with its own `_join` gets it on dense ids as on ragged ones."""
+
+    class Dashed(SpaceTokenizer):
+        def _join(self, tokens):
+            return tf.strings.reduce_join(tokens, axis=-1, separator="-")
+
+    tok = Dashed().adapt(["HH AH L OW", "W ER L D"])
+    ids = tok.encode(["HH AH L D", "W"])
+    assert _strings(tok.decode(ids)) == ["HH-AH-L-D", "W"]
+    assert _strings(tok.decode(ids.to_tensor())) == ["HH-AH-L-D", "W"]
 
 
 # ------------------------------------------------------------------------------- OOV

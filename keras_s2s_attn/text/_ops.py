@@ -40,6 +40,19 @@ def join_words(tokens):
     return tf.strings.strip(tf.strings.regex_replace(text, SPACE_MARKER, " "))
 
 
+def kept_ids(ids, vocabulary_size):
+    """Dense ids `[batch, T]` -> `(ids, keep)`: out-of-range ids mapped to UNK, and
+    where `clean_ids` would keep them (not pad or start, before the row's first end id).
+
+    Dense ops only: building the ragged rows first (`RaggedTensor.from_tensor`, then
+    `clean_ids`) cost about 0.25 ms of a lone word's 1.8 ms in an exported model.
+    """
+    ends_so_far = tf.cumsum(tf.cast(tf.equal(ids, END_ID), tf.int32), axis=-1)
+    keep = tf.equal(ends_so_far, 0) & tf.not_equal(ids, PAD_ID) & tf.not_equal(ids, START_ID)
+    outside = (ids < 0) | (ids >= vocabulary_size)
+    return tf.where(outside, tf.constant(UNK_ID, ids.dtype), ids), keep
+
+
 def clean_ids(ids, vocabulary_size):
     """Drops pad/start ids, cuts each row at its first end id, maps out-of-range ids to UNK."""
     flat = ids.flat_values

@@ -104,12 +104,10 @@ class SpaceTokenizer(Tokenizer):
     """
 
     kind = "space"
+    _join_separator = " "
 
     def _split(self, normalized):
         return tf.strings.split(normalized, " ")
-
-    def _join(self, tokens):
-        return tf.strings.reduce_join(tokens, axis=-1, separator=" ")
 
 
 TOKENIZER_CLASSES = {
