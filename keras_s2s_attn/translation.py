@@ -163,11 +163,13 @@ class Translator:
         """Strings `[batch]` to `(source_ids (batch, S ≥ 1), truncated, empty)`."""
         ids = self.source_tokenizer.encode(text)
         lengths = ids.row_lengths()
-        ids = ids[:, : self.max_source_length]
-        source_ids = ids.to_tensor(default_value=PAD_ID)
-        # At least one (padding) column, so an all-empty batch still encodes.
-        missing = tf.maximum(0, 1 - tf.shape(source_ids)[1])
-        source_ids = tf.pad(source_ids, [[0, 0], [0, missing]])
+        # Cut to `max_source_length` columns by the padding op itself (a slice of
+        # the ragged rows first is a dozen ops more); at least one (padding)
+        # column, so an all-empty batch still encodes.
+        longest = tf.reduce_max(tf.concat([lengths, [0]], axis=0))
+        width = tf.clip_by_value(longest, 1, self.max_source_length)
+        source_ids = ids.to_tensor(default_value=PAD_ID,
+                                   shape=tf.stack([tf.size(lengths, tf.int64), width]))
         return source_ids, lengths > self.max_source_length, tf.equal(lengths, 0)
 
     def max_length_for(self, source_ids):
