@@ -109,9 +109,11 @@ class ModelSteps:
 
         Returns:
             `(memory, states)`: a structure the steps read (the encoder
-            states, the source mask, the prepared attention memory) and the
-            decoder's initial states. Both are nests of `(batch, ...)`
-            tensors, so a search may repeat them along the batch axis.
+            states, the source mask, the prepared attention memory, the
+            memory gates; `()` for either of the last two where there is
+            none) and the decoder's initial states. Both are nests of
+            `(batch, ...)` tensors, so a search may repeat them along the
+            batch axis.
         """
         memory, summary = self.run_encoder(source_ids)
         mask = ops.not_equal(source_ids, PAD_ID)
@@ -120,9 +122,10 @@ class ModelSteps:
         self._constants = self.step_constants()
         gates = None if self._constants is None or not self.memory_gates else (
             self.cell.memory_gates(memory, self._constants["weights"]))
-        # (encoder states, mask[, prepared attention memory[, memory gates]])
-        extra = tuple(part for part in (prepared, gates) if part is not None)
-        return (memory, mask) + extra, states
+        # Each part at its own place, an empty nest for one not there: a
+        # subclass's prepare_memory may give None where gates exist.
+        return (memory, mask) + tuple(() if part is None else part
+                                      for part in (prepared, gates)), states
 
     def run_encoder(self, source_ids):
         """The encoder's `(memory, summary)` for `source_ids` (inference mode).
@@ -184,8 +187,7 @@ class ModelSteps:
             a model without attention) and the new states.
         """
         encoded, mask = memory[0], memory[1]
-        prepared = memory[2] if len(memory) > 2 else None
-        gates = memory[3] if len(memory) > 3 else None
+        prepared, gates = (None if isinstance(part, tuple) else part for part in memory[2:4])
         constants = self.constants_for_step()
         if constants is None:
             inputs, fused = self.embedding(tokens), {}

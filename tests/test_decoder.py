@@ -235,11 +235,36 @@ def test_model_steps_weigh_the_memory_gates():
     source[1, 3:] = 0
     target = np.concatenate([np.full((B, 1), START_ID), rng.integers(3, 12, (B, 2))], 1)
     logits = to_numpy(model({"source_ids": source, "target_ids": target.astype("int32")}))
-    assert len(ModelSteps(model).encode(source)[0]) == 3  # not by default
+    assert ModelSteps(model).encode(source)[0][3] == ()  # not by default
     steps = ModelSteps(model, memory_gates=True)
     memory, states = steps.encode(source)
     assert len(memory) == 4  # states, mask, the prepared attention memory, the gates
+    assert memory[3].shape == (B, S, 3 * 16)
     steps._constants["weights"] = with_nan_context_rows(steps._constants["weights"])
+    for t in range(target.shape[1]):
+        log_probs, _, states = steps.step(target[:, t].astype("int32"), states, memory, t)
+        want = to_numpy(keras.ops.log_softmax(logits[:, t]))
+        np.testing.assert_allclose(to_numpy(log_probs)[:, 3:], want[:, 3:], atol=1e-4)
+
+
+def test_a_cell_without_prepared_memory_still_weighs_the_gates():
+    """A subclass whose `prepare_memory` gives None (its attention prepares the
+    memory at every step) keeps the gates where the steps read them, not in the
+    prepared memory's place."""
+    from keras_s2s_attn import build_seq2seq_model
+    from keras_s2s_attn.generation import ModelSteps
+    from keras_s2s_attn.special_ids import START_ID
+
+    model = build_seq2seq_model(12, 12, embedding_dim=8, units=16)
+    cell = model.get_layer("decoder").cell
+    cell.prepare_memory = lambda memory: None  # this instance only
+    rng = np.random.default_rng(10)
+    source = rng.integers(3, 12, (B, S)).astype("int32")
+    target = np.concatenate([np.full((B, 1), START_ID), rng.integers(3, 12, (B, 2))], 1)
+    logits = to_numpy(model({"source_ids": source, "target_ids": target.astype("int32")}))
+    steps = ModelSteps(model, memory_gates=True)
+    memory, states = steps.encode(source)
+    assert memory[2] == () and memory[3].shape == (B, S, 3 * 16)
     for t in range(target.shape[1]):
         log_probs, _, states = steps.step(target[:, t].astype("int32"), states, memory, t)
         want = to_numpy(keras.ops.log_softmax(logits[:, t]))
