@@ -268,13 +268,22 @@ def print_table(rows, batches):
 
 
 def print_rounds(rows, batches):
-    """Each round's words/s, so that the spread behind the medians shows."""
-    print("Words/s of each decoding round, in order:")
+    """Each round's words/s, so that the spread behind the medians shows, with
+    each round's ratio to PyTorch's in the same round (contestants minutes
+    apart, where the medians' ratio may pair rounds a quarter of an hour apart)."""
+    print("Words/s of each decoding round, in order (ratios to PyTorch's same round):")
+    baseline = next((row["rounds"] for row in rows if row["name"] == BASELINE), None)
     for row in rows:
         for kind in row["rounds"][0]:
             for size in batches:
-                values = [f"{r[kind][str(size)]:,.0f}" for r in row["rounds"]]
-                print(f"- {row['name']}, {kind} b{size}: {', '.join(values)}")
+                values = [r[kind][str(size)] for r in row["rounds"]]
+                line = f"- {row['name']}, {kind} b{size}: " + ", ".join(
+                    f"{value:,.0f}" for value in values)
+                if baseline is not None and row["name"] != BASELINE:
+                    ratios = [value / r[kind][str(size)] for value, r in zip(values, baseline)]
+                    line += f" ({', '.join(f'{ratio:.2f}×' for ratio in ratios)}; median " \
+                            f"{statistics.median(ratios):.2f}×)"
+                print(line)
 
 
 def main():
