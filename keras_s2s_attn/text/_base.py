@@ -53,8 +53,8 @@ class Tokenizer(tf.Module):
     """Base class of the tokenizers: strings to int32 ids and back, in TensorFlow.
 
     Subclasses set `kind` and implement `_split` (normalised strings to ragged tokens) or
-    override `_encode_normalized` / `_learn` / `_join` for their scheme. Use
-    `keras_s2s_attn.text.make_tokenizer` to build one.
+    override `_encode_normalized` / `_learn` / `_join` (or set `_join_separator`) for their
+    scheme. Use `keras_s2s_attn.text.make_tokenizer` to build one.
 
     Args:
         lower: bool, lower-case the text (`tf.strings.lower(..., encoding="utf-8")`, applied
@@ -413,7 +413,10 @@ class Tokenizer(tf.Module):
 
     def _decode_kept(self, ids, keep):
         """Int64 ids `[batch, T]` (in range) and where `decode` keeps them -> tf.string
-        [batch]: `_decode_ids` of the kept ids."""
+        [batch]: `_decode_ids` of the kept ids (a kind with its own, as sentencepiece's
+        detokenizer of pieces, gets them as ragged rows)."""
+        if type(self)._decode_ids is not Tokenizer._decode_ids:
+            return self._decode_ids(tf.ragged.boolean_mask(ids, keep))
         return self._join_kept(self._surface(ids), keep)
 
     def _join(self, tokens):

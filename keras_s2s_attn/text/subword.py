@@ -226,9 +226,6 @@ class SentencepieceTokenizer(Tokenizer):
     def _decode_ids(self, ids):
         return self._sentencepiece.detokenize(tf.cast(ids, tf.int32))
 
-    def _decode_kept(self, ids, keep):  # pieces, not tokens, to the detokenizer
-        return self._decode_ids(tf.ragged.boolean_mask(ids, keep))
-
     def _join(self, tokens):  # `detokenize`: pieces mark a word's start with "▁"
         return join_words(tokens)
 
