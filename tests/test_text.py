@@ -150,9 +150,9 @@ def test_decode_drops_pad_and_start_and_stops_at_end():
 
 @pytest.mark.parametrize("kind", [*ALL_KINDS, "space"])
 def test_dense_ids_decode_as_their_ragged_rows(kind):
-    """Dense ids take their own path (dense masks, no ragged rows built first):
-    the same text as the ragged rows, row by row, specials and out-of-range ids
-    included; no columns decode to empty strings."""
+    """Dense ids (dense masks, no ragged rows built first) and ragged rows decode
+    as the rows cleaned here, in numpy, do: cut at the first end id, padding and
+    start ids dropped, out-of-range ids unknown; no columns decode to empty strings."""
     tok = _adapted(kind)
     size = tok.vocabulary_size
     rng = np.random.default_rng(3)
@@ -160,7 +160,13 @@ def test_dense_ids_decode_as_their_ragged_rows(kind):
     dense[rng.random(dense.shape) < 0.15] = END_ID
     dense[rng.random(dense.shape) < 0.15] = PAD_ID
     dense[:, 0] = np.where(rng.random(40) < 0.5, START_ID, dense[:, 0])
-    expected = _strings(tok.decode(tf.ragged.constant(dense.tolist())))
+    cleaned = []
+    for row in dense.tolist():
+        row = row[:row.index(END_ID)] if END_ID in row else row
+        cleaned.append([UNK_ID if i < 0 or i >= size else i for i in row
+                        if i not in (PAD_ID, START_ID)])
+    expected = _strings(tok.decode(tf.ragged.constant(cleaned, dtype=tf.int32)))
+    assert _strings(tok.decode(tf.ragged.constant(dense.tolist()))) == expected
     assert _strings(tok.decode(dense)) == expected
     assert _strings(tf.function(tok.decode)(tf.constant(dense))) == expected
     assert len(set(expected)) > 20  # varied rows, not all cut at once

@@ -25,7 +25,6 @@ from keras_s2s_attn.special_ids import END_ID, NUM_RESERVED, PAD_ID, START_ID, U
 from keras_s2s_attn.text._ops import (
     SPACE_MARKER,
     WHITESPACE_RUN,
-    clean_ids,
     iterate_string_batches,
     kept_ids,
 )
@@ -385,20 +384,22 @@ class Tokenizer(tf.Module):
         array([b'Hello, world!'], dtype=object)
         """
         self._check_adapted()
-        if isinstance(ids, tf.RaggedTensor):
+        ragged = isinstance(ids, tf.RaggedTensor)
+        if ragged:
             if ids.ragged_rank != 1 or ids.shape.rank != 2:
                 raise ValueError(f"Ragged `ids` must have shape [batch, (T)], got {ids.shape}.")
-            if not ids.dtype.is_integer:
-                raise ValueError(f"`ids` must be integers, got dtype {ids.dtype.name}.")
-            return self._decode_ids(clean_ids(tf.cast(ids, tf.int64), len(self._vocab)))
-        ids = tf.convert_to_tensor(ids)
-        if ids.shape.rank not in (1, 2):
-            raise ValueError(f"`ids` must have shape [batch, T] or [T], got {ids.shape}.")
+        else:
+            ids = tf.convert_to_tensor(ids)
+            if ids.shape.rank not in (1, 2):
+                raise ValueError(f"`ids` must have shape [batch, T] or [T], got {ids.shape}.")
         if not ids.dtype.is_integer:
             raise ValueError(f"`ids` must be integers, got dtype {ids.dtype.name}.")
-        scalar = ids.shape.rank == 1
-        ids, keep = kept_ids(tf.cast(ids[tf.newaxis] if scalar else ids, tf.int64),
-                             len(self._vocab))
+        scalar = not ragged and ids.shape.rank == 1
+        if ragged:  # padded rows: the padding is dropped as any padding id is
+            ids = ids.to_tensor(default_value=PAD_ID)
+        elif scalar:
+            ids = ids[tf.newaxis]
+        ids, keep = kept_ids(tf.cast(ids, tf.int64), len(self._vocab))
         text = self._decode_kept(ids, keep)
         return text[0] if scalar else text
 

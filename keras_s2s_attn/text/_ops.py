@@ -42,28 +42,15 @@ def join_words(tokens):
 
 def kept_ids(ids, vocabulary_size):
     """Dense ids `[batch, T]` -> `(ids, keep)`: out-of-range ids mapped to UNK, and
-    where `clean_ids` would keep them (not pad or start, before the row's first end id).
+    the ids `decode` keeps (not pad or start, before the row's first end id).
 
-    Dense ops only: building the ragged rows first (`RaggedTensor.from_tensor`, then
-    `clean_ids`) cost about 0.25 ms of a lone word's 1.8 ms in an exported model.
+    Dense ops only: building ragged rows first and cleaning those (boolean masks,
+    validated row ids) cost about 0.25 ms of a lone word's 1.8 ms in an exported model.
     """
     ends_so_far = tf.cumsum(tf.cast(tf.equal(ids, END_ID), tf.int32), axis=-1)
     keep = tf.equal(ends_so_far, 0) & tf.not_equal(ids, PAD_ID) & tf.not_equal(ids, START_ID)
     outside = (ids < 0) | (ids >= vocabulary_size)
     return tf.where(outside, tf.constant(UNK_ID, ids.dtype), ids), keep
-
-
-def clean_ids(ids, vocabulary_size):
-    """Drops pad/start ids, cuts each row at its first end id, maps out-of-range ids to UNK."""
-    flat = ids.flat_values
-    ends_so_far = tf.cumsum(tf.cast(tf.equal(flat, END_ID), tf.int64))
-    ends_before_row = tf.gather(tf.concat([[0], ends_so_far], 0), ids.row_starts())
-    rowids = ids.value_rowids()
-    keep = tf.equal(ends_so_far - tf.gather(ends_before_row, rowids), 0)
-    keep &= tf.not_equal(flat, PAD_ID) & tf.not_equal(flat, START_ID)
-    flat = tf.where((flat < 0) | (flat >= vocabulary_size), tf.constant(UNK_ID, tf.int64), flat)
-    return tf.RaggedTensor.from_value_rowids(
-        tf.boolean_mask(flat, keep), tf.boolean_mask(rowids, keep), nrows=ids.nrows())
 
 
 def iterate_string_batches(data):
