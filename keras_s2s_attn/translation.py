@@ -166,10 +166,8 @@ class Translator:
         # Cut to `max_source_length` columns by the padding op itself (a slice of
         # the ragged rows first is a dozen ops more); at least one (padding)
         # column, so an all-empty batch still encodes.
-        longest = tf.reduce_max(tf.concat([lengths, [0]], axis=0))
-        width = tf.clip_by_value(longest, 1, self.max_source_length)
-        source_ids = ids.to_tensor(default_value=PAD_ID,
-                                   shape=tf.stack([tf.size(lengths, tf.int64), width]))
+        width = tf.clip_by_value(ids.bounding_shape(axis=1), 1, self.max_source_length)
+        source_ids = ids.to_tensor(default_value=PAD_ID, shape=tf.stack([ids.nrows(), width]))
         return source_ids, lengths > self.max_source_length, tf.equal(lengths, 0)
 
     def max_length_for(self, source_ids):
