@@ -28,6 +28,7 @@ _EXPORTS = {
     **dict.fromkeys(("MaskedAccuracy", "MaskedSparseCategoricalCrossentropy",
                      "attention_model", "build_seq2seq_model"), "keras_s2s_attn.models"),
     **dict.fromkeys(("END_ID", "PAD_ID", "START_ID", "UNK_ID"), "keras_s2s_attn.special_ids"),
+    "FusedAdam": "keras_s2s_attn.optimizers",
     "evaluate_texts": "keras_s2s_attn.evaluation",
     **dict.fromkeys(("ModelSteps", "beam_search", "greedy_search"), "keras_s2s_attn.generation"),
     # The TensorFlow side.
@@ -49,6 +50,7 @@ __getattr__, __dir__ = lazy_names(__name__, globals(), _EXPORTS)
 def _register_keras_objects():
     """Imports the modules whose Keras classes `keras.saving.load_model` must find."""
     importlib.import_module("keras_s2s_attn.models")  # the layers, the loss, the metric
+    importlib.import_module("keras_s2s_attn.optimizers")  # FusedAdam, which train() uses
 
 
 class _RegisterAfterKeras(importlib.abc.MetaPathFinder):

@@ -50,6 +50,7 @@ from keras_s2s_attn.models import (
     MaskedSparseCategoricalCrossentropy,
     build_seq2seq_model,
 )
+from keras_s2s_attn.optimizers import FusedAdam
 from keras_s2s_attn.options import (
     CELL_TYPES,
     LOWER_SIDES,
@@ -478,7 +479,7 @@ def sampling_schedule(spec):
 
 
 def _compiled_model(config, source_vocab_size, target_vocab_size, distribution, steps):
-    """The model of `config["model"]`, compiled with Adam and the masked loss (`steps`:
+    """The model of `config["model"]`, compiled with `FusedAdam` and the masked loss (`steps`:
     the run's training steps in all, which a linear sampling schedule spans)."""
     with distribution.scope():
         model_options = dict(config["model"])
@@ -496,9 +497,8 @@ def _compiled_model(config, source_vocab_size, target_vocab_size, distribution, 
         model = build_seq2seq_model(source_vocab_size, target_vocab_size, dtype=policy,
                                     **model_options)
         ema = config["ema"]
-        optimizer = keras.optimizers.Adam(_learning_rate(config, steps), clipnorm=1.0,
-                                          use_ema=ema is not None,
-                                          ema_momentum=0.99 if ema is None else ema)
+        optimizer = FusedAdam(_learning_rate(config, steps), clipnorm=1.0,
+                              use_ema=ema is not None, ema_momentum=0.99 if ema is None else ema)
         if policy == "mixed_float16":  # float16 gradients underflow without loss scaling
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         model.compile(

@@ -13,7 +13,7 @@ PACKAGE = pathlib.Path(__file__).parent.parent / "keras_s2s_attn"
 RANKS = {
     "special_ids": 0, "checks": 0, "options": 0, "evaluation": 0, "plotting": 0,
     "callbacks": 0, "lazy": 0, "batching": 0, "backends": 0, "graphs": 0,
-    "layers": 1, "text": 1, "synthetic": 1, "quantization": 1,
+    "layers": 1, "text": 1, "synthetic": 1, "quantization": 1, "optimizers": 1,
     "models": 2, "data": 2, "runs": 2, "saved_models": 2, "distributed": 2,
     "generation": 3, "averaging": 3,
     "decoding": 4,

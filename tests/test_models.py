@@ -6,6 +6,7 @@ from keras import ops
 
 from keras_s2s_attn import (
     BahdanauLuongAttention,
+    FusedAdam,
     MaskedAccuracy,
     MaskedSparseCategoricalCrossentropy,
     attention_model,
@@ -13,6 +14,7 @@ from keras_s2s_attn import (
 )
 from keras_s2s_attn.callbacks import build_optimizer
 from keras_s2s_attn.synthetic import reversal_task
+from tests.conftest import tensorflow_only
 
 VOCAB = 16
 
@@ -54,7 +56,7 @@ def small_model(**kwargs):
 
 
 def compiled(model):
-    model.compile(keras.optimizers.Adam(1e-2), loss=MaskedSparseCategoricalCrossentropy(),
+    model.compile(FusedAdam(1e-2), loss=MaskedSparseCategoricalCrossentropy(),
                   metrics=[MaskedAccuracy()])
     return build_optimizer(model)
 
@@ -104,8 +106,12 @@ def test_fit_on_tf_data_then_keras_save_load(tmp_path, kwargs):
     model.save(path)
     loaded = keras.saving.load_model(path)
     np.testing.assert_array_equal(to_numpy(loaded(inputs)), to_numpy(model(inputs)))
-    # The compiled loss and metric come back too, and training can go on.
+    # The compiled loss, metric and optimizer (its state too) come back, and training
+    # can go on.
     assert isinstance(loaded.loss, MaskedSparseCategoricalCrossentropy)
+    assert type(loaded.optimizer) is FusedAdam
+    for saved, restored in zip(model.optimizer.variables, loaded.optimizer.variables):
+        np.testing.assert_array_equal(to_numpy(restored), to_numpy(saved))
     loaded.fit(ds, epochs=1, verbose=0)
 
 
@@ -205,6 +211,58 @@ def test_masked_loss_and_accuracy_match_hand_computation(smoothing):
     predicted = logits.argmax(-1)
     real = labels != 0
     assert float(metric.result()) == pytest.approx((predicted == labels)[real].mean())
+
+
+def adam_reference(weights, gradients, rate, beta_1=0.9, beta_2=0.999, epsilon=1e-7):
+    """Adam (Kingma & Ba, Algorithm 1, with Keras' placement of epsilon) in numpy:
+    `weights` after one step per gradient."""
+    weights, m, v = weights.astype("float64"), 0.0, 0.0
+    for t, g in enumerate(gradients, start=1):
+        m = beta_1 * m + (1 - beta_1) * g
+        v = beta_2 * v + (1 - beta_2) * g * g
+        step = rate * np.sqrt(1 - beta_2**t) / (1 - beta_1**t)
+        weights = weights - step * m / (np.sqrt(v) + epsilon)
+    return weights
+
+
+def test_fused_adam_follows_the_adam_equations():
+    rng = np.random.default_rng(0)
+    start = rng.normal(size=(2, 4, 3)).astype("float32")  # two variables
+    gradients = rng.normal(size=(5, 2, 4, 3)).astype("float32")
+    results = []
+    for optimizer in (FusedAdam(0.05), keras.optimizers.Adam(0.05)):
+        variables = [keras.Variable(w) for w in start]
+        for g in gradients:
+            optimizer.apply([ops.convert_to_tensor(x) for x in g], variables)
+        results.append([to_numpy(v) for v in variables])
+    for index in range(2):
+        expected = adam_reference(start[index], gradients[:, index], 0.05)
+        np.testing.assert_allclose(results[0][index], expected, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(results[1][index], expected, rtol=1e-5, atol=1e-6)
+
+
+@tensorflow_only("the fused kernel, and tf.IndexedSlices (an embedding's gradients)")
+def test_fused_adam_is_one_kernel_per_variable_and_sums_repeated_rows_first():
+    rng = np.random.default_rng(1)
+    table = rng.normal(size=(6, 3)).astype("float32")
+    rows = np.array([1, 4, 1, 1, 0])  # row 1 looked up three times
+    values = rng.normal(size=(3, 5, 3)).astype("float32")
+    variable = keras.Variable(table)
+    optimizer = FusedAdam(0.05)
+    for step in values:
+        optimizer.apply([tf.IndexedSlices(tf.constant(step), tf.constant(rows),
+                                          tf.constant([6, 3]))], [variable])
+    # Adam's g is the gradient, the repeated rows' slices summed, before it is squared.
+    dense = np.zeros((3, 6, 3), "float32")
+    for step in range(3):
+        np.add.at(dense[step], rows, values[step])
+    np.testing.assert_allclose(to_numpy(variable), adam_reference(table, dense, 0.05),
+                               rtol=1e-5, atol=1e-6)
+    # One kernel per variable: Keras' own update has a square root of v in the graph.
+    variables, optimizer = [keras.Variable(table), keras.Variable(table[0])], FusedAdam(0.05)
+    graph = tf.function(lambda: optimizer.apply([tf.ones((6, 3)), tf.ones(3)], variables))
+    kinds = [node.type for node in graph.get_concrete_function().graph.get_operations()]
+    assert kinds.count("ResourceApplyAdam") == 2 and "Sqrt" not in kinds
 
 
 def test_loss_and_model_bad_arguments():
