@@ -295,4 +295,3 @@ class MaskedAccuracy(keras.metrics.Metric):
         config = super().get_config()
         config.update({"pad_id": self.pad_id})
         return config
-
