@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from keras_s2s_attn import AttentionDecoder, AttentionDecoderCell, BahdanauLuongAttention
+from tests.conftest import tensorflow_only
 
 B, T, S = 3, 6, 5
 EMBED, UNITS = 4, 8
@@ -301,6 +302,31 @@ def test_decoder_needs_a_cell_and_3d_inputs():
     cell = decoder.cell
     with pytest.raises(ValueError, match="rnn_states"):
         cell.get_initial_state(B, [np.zeros((B, UNITS)), np.zeros((B, UNITS))])
+
+
+@tensorflow_only("the ops of TensorFlow's gradient graph")
+def test_teacher_forcing_gradient_takes_no_kernel_sized_slice_gradient():
+    import tensorflow as tf
+
+    decoder = make_decoder("additive", "bahdanau", "gru")
+    inputs, memory, mask = make_data()
+    decoder(inputs, memory, memory_mask=mask)
+
+    @tf.function
+    def gradients():
+        with tf.GradientTape() as tape:
+            outputs = decoder(inputs, memory, memory_mask=mask)[0]
+            loss = tf.reduce_sum(tf.square(outputs))
+        return tape.gradient(loss, decoder.trainable_variables)
+
+    graph = gradients.get_concrete_function().graph
+    # The first kernel's target and context rows are split apart: a slice's
+    # gradient would be a kernel-sized tensor of zeros per slice, summed.
+    kernel_shape = tuple(decoder.cell.cells[0].kernel.shape)
+    sliced = [op.name for op in graph.get_operations() if op.type == "StridedSliceGrad"
+              and tuple(op.outputs[0].shape) == kernel_shape]
+    assert not sliced
+    assert any(op.type == "Split" or op.type == "SplitV" for op in graph.get_operations())
 
 
 def scheduled_models(**sampling):

@@ -349,8 +349,11 @@ class AttentionDecoderCell(keras.layers.Layer):
                 kernel = recurrence.input_kernel(cell)
                 weights["kernel"] = kernel
                 if index == 0:
-                    weights["target"] = kernel[: self.target_input_dim]
-                    weights["rest"] = kernel[self.target_input_dim:]
+                    # A split, not two slices: under TensorFlow the gradient of a
+                    # split is one concatenation, where each slice's fills a
+                    # zero kernel-sized tensor and an AddN sums them.
+                    weights["target"], weights["rest"] = ops.split(
+                        kernel, [self.target_input_dim], axis=0)
             layers.append(weights)
         return {"layers": layers}
 
