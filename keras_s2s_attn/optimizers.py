@@ -26,6 +26,12 @@ class FusedAdam(keras.optimizers.Adam):
     summed before it is squared, as Adam's g is; Keras 3's Adam squares each
     lookup's slice apart and sums the squares.
 
+    With `clipnorm` (each gradient scaled to a norm of at most `clipnorm`),
+    a float32 gradient's norm under TensorFlow is one `L2Loss` kernel and
+    the scaling one product: two passes over it where `tf.clip_by_norm`
+    takes four. An embedding's gradient is clipped by the norm of the
+    gradient itself, its repeated rows summed, not of its slices.
+
     Args:
         As `keras.optimizers.Adam`.
 
@@ -34,6 +40,18 @@ class FusedAdam(keras.optimizers.Adam):
     >>> model.compile(FusedAdam(1e-3, clipnorm=1.0),
     ...               loss=MaskedSparseCategoricalCrossentropy())
     """
+
+    def _clip_by_norm(self, values, axes=None):
+        # Keras' and TensorFlow's clip_by_norm square, sum, multiply and divide
+        # the gradient, a pass each; an L2Loss and a product are two.
+        dtype = keras.backend.standardize_dtype(values.dtype)
+        if keras.backend.backend() != "tensorflow" or axes is not None or dtype != "float32":
+            return super()._clip_by_norm(values, axes)
+        import tensorflow as tf
+
+        values = tf.convert_to_tensor(values)  # an embedding's rows summed, as in the step
+        norm = tf.sqrt(2.0 * tf.nn.l2_loss(values))
+        return values * (self.clipnorm / tf.maximum(norm, self.clipnorm))
 
     def update_step(self, gradient, variable, learning_rate):
         dtype = keras.backend.standardize_dtype(variable.dtype)

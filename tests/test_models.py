@@ -213,11 +213,15 @@ def test_masked_loss_and_accuracy_match_hand_computation(smoothing):
     assert float(metric.result()) == pytest.approx((predicted == labels)[real].mean())
 
 
-def adam_reference(weights, gradients, rate, beta_1=0.9, beta_2=0.999, epsilon=1e-7):
+def adam_reference(weights, gradients, rate, beta_1=0.9, beta_2=0.999, epsilon=1e-7,
+                   clipnorm=None):
     """Adam (Kingma & Ba, Algorithm 1, with Keras' placement of epsilon) in numpy:
-    `weights` after one step per gradient."""
+    `weights` after one step per gradient, each first scaled to a norm of at
+    most `clipnorm` where given."""
     weights, m, v = weights.astype("float64"), 0.0, 0.0
     for t, g in enumerate(gradients, start=1):
+        if clipnorm is not None:
+            g = g * clipnorm / max(np.sqrt(np.sum(np.square(g, dtype="float64"))), clipnorm)
         m = beta_1 * m + (1 - beta_1) * g
         v = beta_2 * v + (1 - beta_2) * g * g
         step = rate * np.sqrt(1 - beta_2**t) / (1 - beta_1**t)
@@ -229,16 +233,18 @@ def test_fused_adam_follows_the_adam_equations():
     rng = np.random.default_rng(0)
     start = rng.normal(size=(2, 4, 3)).astype("float32")  # two variables
     gradients = rng.normal(size=(5, 2, 4, 3)).astype("float32")
-    results = []
-    for optimizer in (FusedAdam(0.05), keras.optimizers.Adam(0.05)):
-        variables = [keras.Variable(w) for w in start]
-        for g in gradients:
-            optimizer.apply([ops.convert_to_tensor(x) for x in g], variables)
-        results.append([to_numpy(v) for v in variables])
-    for index in range(2):
-        expected = adam_reference(start[index], gradients[:, index], 0.05)
-        np.testing.assert_allclose(results[0][index], expected, rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(results[1][index], expected, rtol=1e-5, atol=1e-6)
+    gradients[1:3] *= 4.0  # norms of ~14 against 3.5: clipped with `clipnorm=5`
+    for options in ({}, {"clipnorm": 5.0}):
+        results = []
+        for optimizer in (FusedAdam(0.05, **options), keras.optimizers.Adam(0.05, **options)):
+            variables = [keras.Variable(w) for w in start]
+            for g in gradients:
+                optimizer.apply([ops.convert_to_tensor(x) for x in g], variables)
+            results.append([to_numpy(v) for v in variables])
+        for index in range(2):
+            expected = adam_reference(start[index], gradients[:, index], 0.05, **options)
+            np.testing.assert_allclose(results[0][index], expected, rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(results[1][index], expected, rtol=1e-5, atol=1e-6)
 
 
 @tensorflow_only("the fused kernel, and tf.IndexedSlices (an embedding's gradients)")
@@ -247,22 +253,30 @@ def test_fused_adam_is_one_kernel_per_variable_and_sums_repeated_rows_first():
     table = rng.normal(size=(6, 3)).astype("float32")
     rows = np.array([1, 4, 1, 1, 0])  # row 1 looked up three times
     values = rng.normal(size=(3, 5, 3)).astype("float32")
-    variable = keras.Variable(table)
-    optimizer = FusedAdam(0.05)
-    for step in values:
-        optimizer.apply([tf.IndexedSlices(tf.constant(step), tf.constant(rows),
-                                          tf.constant([6, 3]))], [variable])
-    # Adam's g is the gradient, the repeated rows' slices summed, before it is squared.
+    # Adam's g is the gradient, the repeated rows' slices summed, before it is
+    # squared, and clipped by its own norm (not by the norm of its slices).
     dense = np.zeros((3, 6, 3), "float32")
     for step in range(3):
         np.add.at(dense[step], rows, values[step])
-    np.testing.assert_allclose(to_numpy(variable), adam_reference(table, dense, 0.05),
-                               rtol=1e-5, atol=1e-6)
+    for options in ({}, {"clipnorm": 1.5}):
+        variable = keras.Variable(table)
+        optimizer = FusedAdam(0.05, **options)
+        for step in values:
+            optimizer.apply([tf.IndexedSlices(tf.constant(step), tf.constant(rows),
+                                              tf.constant([6, 3]))], [variable])
+        np.testing.assert_allclose(to_numpy(variable),
+                                   adam_reference(table, dense, 0.05, **options),
+                                   rtol=1e-5, atol=1e-6)
     # One kernel per variable: Keras' own update has a square root of v in the graph.
     variables, optimizer = [keras.Variable(table), keras.Variable(table[0])], FusedAdam(0.05)
     graph = tf.function(lambda: optimizer.apply([tf.ones((6, 3)), tf.ones(3)], variables))
     kinds = [node.type for node in graph.get_concrete_function().graph.get_operations()]
     assert kinds.count("ResourceApplyAdam") == 2 and "Sqrt" not in kinds
+    # With `clipnorm`, each gradient's norm is one L2Loss kernel (no Square and Sum).
+    optimizer = FusedAdam(0.05, clipnorm=1.0)
+    graph = tf.function(lambda: optimizer.apply([tf.ones((6, 3)), tf.ones(3)], variables))
+    kinds = [node.type for node in graph.get_concrete_function().graph.get_operations()]
+    assert kinds.count("L2Loss") == 2 and not {"Square", "Sum", "ClipByValue"} & set(kinds)
 
 
 def test_loss_and_model_bad_arguments():
