@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from keras_s2s_attn import AttentionDecoder, AttentionDecoderCell, BahdanauLuongAttention
+from keras_s2s_attn.layers import recurrence
 from tests.conftest import tensorflow_only
 
 B, T, S = 3, 6, 5
@@ -305,7 +306,7 @@ def test_decoder_needs_a_cell_and_3d_inputs():
 
 
 @tensorflow_only("the ops of TensorFlow's gradient graph")
-def test_teacher_forcing_gradient_takes_no_kernel_sized_slice_gradient():
+def test_teacher_forcing_gradient_graph_slices_no_kernel_and_overlaps_iterations():
     import tensorflow as tf
 
     decoder = make_decoder("additive", "bahdanau", "gru")
@@ -327,6 +328,11 @@ def test_teacher_forcing_gradient_takes_no_kernel_sized_slice_gradient():
               and tuple(op.outputs[0].shape) == kernel_shape]
     assert not sliced
     assert any(op.type == "Split" or op.type == "SplitV" for op in graph.get_operations())
+    # The step loop and its gradient's may run iterations at once (Keras' scan: 1).
+    loops = [op for op in graph.get_operations() if op.type in ("While", "StatelessWhile")]
+    assert len(loops) == 2
+    assert {op.get_attr("parallel_iterations") for op in loops} == {
+        recurrence.PARALLEL_ITERATIONS}
 
 
 def scheduled_models(**sampling):

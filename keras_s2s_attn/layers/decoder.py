@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from keras_s2s_attn.layers.decoder_cell import AttentionDecoderCell
+import keras_s2s_attn.layers.recurrence as recurrence
 
 
 class _Feedback:
@@ -179,7 +180,7 @@ class AttentionDecoder(keras.layers.Layer):
                 "output": ops.zeros((batch, cell.top_output_size), inputs.dtype),
                 "step": ops.convert_to_tensor(0, "int32"),
             }
-            final, history = ops.scan(rnn_only, init, time_major)
+            final, history = recurrence.scan(rnn_only, init, time_major)
             top = ops.transpose(history["output"], (1, 0, 2))
             context, weights = cell.attend(
                 top, memory, memory_mask, prepared, step=0, training=training
@@ -216,7 +217,7 @@ class AttentionDecoder(keras.layers.Layer):
             # keras.ops.scan's TensorFlow implementation (Keras 3.15) stacks
             # `ys` with the carry's structure and shapes, and fails on several
             # `xs` of unknown length.
-            final, history = ops.scan(one_step, init, time_major)
+            final, history = recurrence.scan(one_step, init, time_major)
             outputs = ops.transpose(history["output"], (1, 0, 2))
             weights = (
                 ops.transpose(history["weights"], (1, 0, 2))
