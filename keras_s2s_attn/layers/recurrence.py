@@ -16,6 +16,10 @@ which cells these equations are written for. This is a hand-written copy of
 input and multiply it by the kernel at every step, which is the cost this
 module exists to avoid.
 
+`scan`, the loop the layers' teacher-forced sequences run in (here and in
+`AttentionDecoder`), is `keras.ops.scan` with its iterations free to overlap
+under TensorFlow.
+
 Everything here is `keras.ops`: it runs on every Keras backend.
 """
 
@@ -45,9 +49,11 @@ def scan(f, init, xs, reverse=False):
     gradient loop's) waits until every operation of the one before has
     finished, where only the carry chains them. With more in flight the
     executor runs what no later step needs (the weight gradients' products
-    and sums, the outputs' writes) beside the next step's chain: 0.96 of a
-    CMUdict training step's time (`benchmarks/vs_pytorch.py`'s model). The
-    other backends' `unroll` unrolls the loop's body, and is left at 1.
+    and sums, the outputs' writes) beside the next step's chain: 0.95-0.98 of
+    a CMUdict training step's time, `train_on_batch` on prepared batches
+    (`benchmarks/vs_pytorch.py`'s model; through `fit` and its input pipeline
+    within the machine's drift). The other backends' `unroll` unrolls the
+    loop's body, and is left at 1.
     """
     unroll = PARALLEL_ITERATIONS if keras.config.backend() == "tensorflow" else 1
     return ops.scan(f, init, xs, reverse=reverse, unroll=unroll)
