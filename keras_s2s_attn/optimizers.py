@@ -7,6 +7,12 @@ loads (and a model compiled with it loads) on every Keras backend.
 import keras
 
 
+def _fused(dtype):
+    """Whether a `dtype` tensor takes the TensorFlow kernels here: float32 under TensorFlow."""
+    return (keras.backend.backend() == "tensorflow"
+            and keras.backend.standardize_dtype(dtype) == "float32")
+
+
 @keras.saving.register_keras_serializable(package="keras_s2s_attn")
 class FusedAdam(keras.optimizers.Adam):
     """Keras' Adam, each variable's step one TensorFlow kernel.
@@ -44,8 +50,7 @@ class FusedAdam(keras.optimizers.Adam):
     def _clip_by_norm(self, values, axes=None):
         # Keras' and TensorFlow's clip_by_norm square, sum, multiply and divide
         # the gradient, a pass each; an L2Loss and a product are two.
-        dtype = keras.backend.standardize_dtype(values.dtype)
-        if keras.backend.backend() != "tensorflow" or axes is not None or dtype != "float32":
+        if axes is not None or not _fused(values.dtype):
             return super()._clip_by_norm(values, axes)
         import tensorflow as tf
 
@@ -54,12 +59,12 @@ class FusedAdam(keras.optimizers.Adam):
         return values * (self.clipnorm / tf.maximum(norm, self.clipnorm))
 
     def update_step(self, gradient, variable, learning_rate):
-        dtype = keras.backend.standardize_dtype(variable.dtype)
-        if keras.backend.backend() != "tensorflow" or self.amsgrad or dtype != "float32":
+        if self.amsgrad or not _fused(variable.dtype):
             return super().update_step(gradient, variable, learning_rate)
         # Imported here: the class loads on every backend.
         import tensorflow as tf
 
+        dtype = "float32"
         index = self._get_variable_index(variable)
         beta_1, beta_2 = tf.cast(self.beta_1, dtype), tf.cast(self.beta_2, dtype)
         step = tf.cast(self.iterations + 1, dtype)
